@@ -1,0 +1,36 @@
+"""stacchip_assets: index every ML chip a STAC item can yield, and read chip pixels on demand.
+
+Drop-in for `stacchip`: `from stacchip_assets import Indexer, Chipper`.
+"""
+
+from .chipper import Chipper
+from .errors import (
+    AssetGridError,
+    AssetReadError,
+    InvalidIdentifierError,
+    MaskAssetMissingError,
+    NoProjectionInfoError,
+    StacchipError,
+    StacSourceError,
+    StorageError,
+    UnsupportedCRSError,
+)
+from .geoparquet import read_index, write_index
+from .indexer import (
+    ChipIndexer,
+    Indexer,
+    LandsatIndexer,
+    ModisIndexer,
+    NoDataMaskChipIndexer,
+    NoStatsChipIndexer,
+    Sentinel2Indexer,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AssetGridError", "AssetReadError", "ChipIndexer", "Chipper", "Indexer", "InvalidIdentifierError",
+    "LandsatIndexer", "MaskAssetMissingError", "ModisIndexer", "NoDataMaskChipIndexer", "NoProjectionInfoError",
+    "NoStatsChipIndexer", "Sentinel2Indexer", "StacSourceError", "StacchipError", "StorageError",
+    "UnsupportedCRSError", "read_index", "write_index",
+]

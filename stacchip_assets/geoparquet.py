@@ -1,0 +1,158 @@
+"""The chip index as a GeoParquet 1.1 table: schema, construction, atomic write and read.
+
+Geometry is WKB in OGC:CRS84 with a `bbox` covering column, so `geopandas.read_parquet`,
+`pyarrow.dataset` and DuckDB read the files as they are and can skip row groups by bounding box.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import shapely
+
+from .errors import StorageError
+from .grid import WGS84
+
+GEOPARQUET_VERSION = "1.1.0"
+
+BBOX_TYPE = pa.struct(
+    [("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()), ("ymax", pa.float64())]
+)
+
+#: Column order and types of every chip index (DESIGN section 3).
+INDEX_FIELDS: list[pa.Field] = [
+    pa.field("chipid", pa.string(), nullable=False),
+    pa.field("date", pa.date32(), nullable=False),
+    pa.field("chip_index_x", pa.uint16(), nullable=False),
+    pa.field("chip_index_y", pa.uint16(), nullable=False),
+    pa.field("cloud_cover_percentage", pa.float32(), nullable=False),
+    pa.field("nodata_percentage", pa.float32(), nullable=False),
+    pa.field("geometry", pa.binary(), nullable=False),
+    pa.field("bbox", BBOX_TYPE, nullable=False),
+    pa.field("collection", pa.string()),
+    pa.field("item_id", pa.string(), nullable=False),
+    # Enough to get the pixels back with no other input:
+    pa.field("datetime", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("item_href", pa.string()),
+    pa.field("chip_size", pa.uint16(), nullable=False),
+    pa.field("chip_stride", pa.uint16(), nullable=False),
+]
+INDEX_SCHEMA = pa.schema(INDEX_FIELDS)
+
+
+def geo_metadata(geometry_bbox: list[float] | None) -> dict[str, Any]:
+    """The `geo` file metadata of GeoParquet 1.1 for the index's geometry column."""
+    column: dict[str, Any] = {
+        "encoding": "WKB",
+        "geometry_types": ["Polygon"],
+        "crs": WGS84.to_json_dict(),
+        "edges": "planar",
+        "orientation": "counterclockwise",
+        "covering": {
+            "bbox": {"xmin": ["bbox", "xmin"], "ymin": ["bbox", "ymin"], "xmax": ["bbox", "xmax"], "ymax": ["bbox", "ymax"]}
+        },
+    }
+    if geometry_bbox is not None:
+        column["bbox"] = geometry_bbox
+    return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
+
+
+def with_geo_metadata(table: pa.Table) -> pa.Table:
+    """Attach `geo` metadata (with the overall bbox recomputed from the covering column)."""
+    overall = None
+    if table.num_rows:
+        bbox = table.column("bbox").combine_chunks()
+        overall = [
+            float(np.min(bbox.field("xmin"))),
+            float(np.min(bbox.field("ymin"))),
+            float(np.max(bbox.field("xmax"))),
+            float(np.max(bbox.field("ymax"))),
+        ]
+    metadata = dict(table.schema.metadata or {})
+    metadata[b"geo"] = json.dumps(geo_metadata(overall)).encode()
+    return table.replace_schema_metadata(metadata)
+
+
+def bbox_array(polygons: np.ndarray) -> pa.StructArray:
+    """The covering `bbox` struct column of an array of geometries."""
+    bounds = shapely.bounds(polygons) if len(polygons) else np.empty((0, 4))
+    return pa.StructArray.from_arrays(
+        [pa.array(bounds[:, i], pa.float64()) for i in range(4)], names=["xmin", "ymin", "xmax", "ymax"]
+    )
+
+
+def build_index_table(columns: dict[str, Any], polygons: np.ndarray) -> pa.Table:
+    """An index table in INDEX_SCHEMA from plain column values and shapely footprints."""
+    arrays = dict(columns)
+    arrays["geometry"] = pa.array(shapely.to_wkb(polygons) if len(polygons) else [], pa.binary())
+    arrays["bbox"] = bbox_array(polygons)
+    table = pa.table({f.name: pa.array(arrays[f.name], f.type) if not isinstance(arrays[f.name], pa.Array) else arrays[f.name] for f in INDEX_FIELDS})
+    return with_geo_metadata(table.cast(INDEX_SCHEMA))
+
+
+def empty_index_table() -> pa.Table:
+    return with_geo_metadata(INDEX_SCHEMA.empty_table())
+
+
+def _split_uri(uri: str | os.PathLike, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
+    if filesystem is not None:
+        return filesystem, str(uri)
+    text = str(uri)
+    if "://" in text:
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), str(Path(text).absolute())
+
+
+def write_index(table: pa.Table, uri: str | os.PathLike, filesystem: pafs.FileSystem | None = None) -> str:
+    """Write an index as GeoParquet, atomically: readers see the old file or the new one, never half.
+
+    Local paths are written to a temporary file in the same folder and renamed over the target;
+    object stores (s3://) receive the file in a single PUT, which is atomic there.
+    """
+    if b"geo" not in (table.schema.metadata or {}):
+        table = with_geo_metadata(table)
+    fs, path = _split_uri(uri, filesystem)
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            try:
+                pq.write_table(table, tmp, compression="zstd", row_group_size=128 * 1024)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        else:
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink, compression="zstd", row_group_size=128 * 1024)
+            parent = path.rsplit("/", 1)[0]
+            fs.create_dir(parent, recursive=True)
+            with fs.open_output_stream(path) as out:  # one PUT for small objects
+                out.write(sink.getvalue())
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot write index {uri}: {exc}") from exc
+    return str(uri)
+
+
+def read_index(uri: str | os.PathLike, filesystem: pafs.FileSystem | None = None) -> pa.Table:
+    """Read an index file written by `write_index` (or by stacchip) as a pyarrow Table."""
+    fs, path = _split_uri(uri, filesystem)
+    try:
+        return pq.read_table(path, filesystem=fs)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot read index {uri}: {exc}") from exc
+
+
+def temporary_name(prefix: str = "") -> str:
+    return f"{prefix}{uuid.uuid4().hex}"

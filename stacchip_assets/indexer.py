@@ -1,0 +1,361 @@
+"""Chip indexers: the chip grid of a STAC item with per-chip cloud and nodata fractions.
+
+Drop-in compatible with `stacchip.indexer` (same classes, constructor arguments, properties and
+methods), but the grid is laid on the highest-resolution asset's own grid, any CRS works, masks are
+read once at their own resolution, and all chips are computed as whole arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyproj
+import pystac
+import rasterio
+import rasterio.crs
+import shapely
+from affine import Affine
+from numpy.typing import ArrayLike
+from shapely.geometry.base import BaseGeometry
+
+from . import stats
+from .errors import AssetGridError, MaskAssetMissingError, StacchipError, UnsupportedCRSError
+from .geoparquet import build_index_table, empty_index_table
+from .grid import WGS84, ChipGrid
+from .rio import open_asset, read_band
+from .stac import asset_href, chip_grid_source, item_crs, item_datetime
+
+log = logging.getLogger(__name__)
+
+
+class ChipIndexer:
+    """Chip grid of a STAC item; subclasses say how cloud and nodata are measured.
+
+    `chip_size` px chips are laid on the item's highest-resolution raster asset (its own
+    proj:shape/proj:transform, item fields applying to assets without them); `shape` (rows, cols)
+    replaces the shape found in the item. Beyond stacchip: `stride` < chip_size gives overlapping
+    chips and `pad_edges` keeps the partial chips at the right and bottom edges.
+    """
+
+    def __init__(
+        self,
+        item: pystac.Item,
+        chip_size: int = 256,
+        chip_max_nodata: float = 0.5,
+        shape: Sequence[int] | None = None,
+        *,
+        stride: int | None = None,
+        pad_edges: bool = False,
+    ) -> None:
+        self.item = item
+        self.chip_size = int(chip_size)
+        self.chip_max_nodata = float(chip_max_nodata)
+        self._shape = None if shape is None else (int(shape[0]), int(shape[1]))
+        self.stride = stride
+        self.pad_edges = pad_edges
+        source = chip_grid_source(item, self._shape)
+        self.grid_asset_key: str | None = source.asset_key
+        self._pyproj_crs = item_crs(item, source.asset_key)
+        self.grid = ChipGrid(
+            shape=source.shape,
+            transform=source.transform,
+            crs=self._pyproj_crs,
+            chip_size=self.chip_size,
+            stride=stride,
+            pad_edges=pad_edges,
+        )
+        if self.size > 65535 * 65535 or max(self.x_size, self.y_size) > 65535:
+            raise StacchipError(f"grid of {self.x_size}x{self.y_size} chips exceeds uint16 indices", item_id=item.id)
+        self.setup_projector()
+
+    # -- grid properties (stacchip names) ---------------------------------------------------------
+    @property
+    def crs(self) -> rasterio.crs.CRS:
+        """CRS of the grid, as a rasterio CRS (stacchip's type)."""
+        return rasterio.crs.CRS.from_wkt(self._pyproj_crs.to_wkt())
+
+    @property
+    def shape(self) -> list[int]:
+        """[rows, cols] of the grid asset (or the shape given by hand)."""
+        return list(self.grid.shape)
+
+    @property
+    def transform(self) -> Affine:
+        """Pixel-to-CRS affine of the grid asset (indexable like stacchip's list: t[0], t[2], ...)."""
+        return self.grid.transform
+
+    @property
+    def x_size(self) -> int:
+        """Number of chips from west to east."""
+        return self.grid.x_size
+
+    @property
+    def y_size(self) -> int:
+        """Number of chips from north to south."""
+        return self.grid.y_size
+
+    @property
+    def size(self) -> int:
+        """Number of chips in the grid, before nodata filtering."""
+        return self.grid.size
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        """(minx, miny, maxx, maxy) of the raster in the grid CRS."""
+        return self.grid.bounds()
+
+    def setup_projector(self) -> None:
+        """Prepare the transformation of geometries from the grid CRS to WGS84 lon/lat."""
+        try:
+            self._transformer = pyproj.Transformer.from_crs(self._pyproj_crs, WGS84, always_xy=True)
+        except pyproj.exceptions.ProjError as exc:
+            raise UnsupportedCRSError(f"no transformation to WGS84: {exc}", item_id=self.item.id) from exc
+
+    def reproject(self, geom: BaseGeometry) -> BaseGeometry:
+        """A geometry in the grid CRS, reprojected to WGS84 (lon, lat)."""
+        return shapely.transform(geom, lambda xy: np.column_stack(self._transformer.transform(xy[:, 0], xy[:, 1])))
+
+    def get_chip_bbox(self, x: int, y: int) -> shapely.Polygon:
+        """WGS84 footprint of chip (x, y)."""
+        return self.grid.footprints(np.array([x]), np.array([y]))[0]
+
+    # -- statistics -------------------------------------------------------------------------------
+    def get_stats(self, x: int, y: int) -> tuple[float, float]:
+        """(cloud fraction, nodata fraction) of chip (x, y); subclasses define it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not measure cloud/nodata; use Indexer(item) to pick a sensor "
+            "indexer, NoStatsChipIndexer, or override get_stats(x, y)"
+        )
+
+    def chip_stats(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cloud and nodata fractions of many chips; by default one `get_stats` call per chip."""
+        cloud = np.empty(len(xs), dtype=np.float32)
+        nodata = np.empty(len(xs), dtype=np.float32)
+        for i, (x, y) in enumerate(zip(xs.tolist(), ys.tolist())):
+            cloud[i], nodata[i] = self.get_stats(x, y)
+        return cloud, nodata
+
+    # -- the index --------------------------------------------------------------------------------
+    def create_index(self, item_href: str | None = None) -> pa.Table:
+        """The GeoParquet chip table of this item, without chips above `chip_max_nodata`.
+
+        `item_href` records where the item JSON is stored (default: the item's self href) so
+        that any row is enough to read the chip's pixels back.
+        """
+        xs, ys = self.grid.positions()
+        if len(xs) == 0:
+            log.info("%s: grid %s is smaller than one %d px chip", self.item.id, self.shape, self.chip_size)
+            return empty_index_table()
+        cloud, nodata = self.chip_stats(xs, ys)
+        cloud = np.asarray(cloud, dtype=np.float32)
+        nodata = np.asarray(nodata, dtype=np.float32)
+        keep = nodata <= self.chip_max_nodata
+        dropped = int((~keep).sum())
+        log.info(
+            "%s: %d chips of %d px, dropped %d/%d with nodata above %s",
+            self.item.id, int(keep.sum()), self.chip_size, dropped, len(xs), self.chip_max_nodata,
+        )
+        xs, ys, cloud, nodata = xs[keep], ys[keep], cloud[keep], nodata[keep]
+        footprints = self.grid.footprints(xs, ys)
+        when = item_datetime(self.item)
+        n = len(xs)
+        item_id = self.item.id
+        chipids = np.char.add(np.char.add(np.char.add(f"{item_id}-", xs.astype(str)), "-"), ys.astype(str))
+        columns = {
+            "chipid": chipids.tolist(),
+            "date": pa.array(np.full(n, np.datetime64(when.date(), "D"))),
+            "chip_index_x": xs.astype(np.uint16),
+            "chip_index_y": ys.astype(np.uint16),
+            "cloud_cover_percentage": cloud,
+            "nodata_percentage": nodata,
+            "collection": [self.item.collection_id] * n,
+            "item_id": [item_id] * n,
+            "datetime": pa.array(np.full(n, np.datetime64(when.replace(tzinfo=None), "us")), pa.timestamp("us", tz="UTC")),
+            "item_href": [item_href or self.item.get_self_href()] * n,
+            "chip_size": np.full(n, self.chip_size, dtype=np.uint16),
+            "chip_stride": np.full(n, self.grid.step, dtype=np.uint16),
+        }
+        return build_index_table(columns, footprints)
+
+    @cached_property
+    def index(self) -> pa.Table:
+        """`create_index()`, computed once (the Chipper iterates over it)."""
+        return self.create_index()
+
+
+class NoStatsChipIndexer(ChipIndexer):
+    """Indexer for imagery without a quality mask (NAIP, aerial): every chip is 0 cloud, 0 nodata."""
+
+    def get_stats(self, x: int, y: int) -> tuple[float, float]:
+        return 0.0, 0.0
+
+    def chip_stats(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if type(self).get_stats is not NoStatsChipIndexer.get_stats:
+            return super().chip_stats(xs, ys)
+        zeros = np.zeros(len(xs), dtype=np.float32)
+        return zeros, zeros.copy()
+
+
+class _MaskStatsIndexer(ChipIndexer):
+    """Shared machinery: classify a mask into cloud/nodata layers, then box-sum them per chip."""
+
+    def _mask_layers(self) -> tuple[Affine, np.ndarray | None, np.ndarray]:
+        """(mask transform, cloud bool layer or None, nodata bool layer)."""
+        raise NotImplementedError
+
+    @cached_property
+    def _layers(self) -> tuple[Affine, np.ndarray | None, np.ndarray]:
+        return self._mask_layers()
+
+    def _fractions(self, xs: np.ndarray, ys: np.ndarray, asset_key: str | None) -> tuple[np.ndarray, np.ndarray]:
+        transform, cloud, nodata = self._layers
+        try:
+            return stats.mask_fractions(self.grid, transform, cloud, nodata, np.asarray(xs), np.asarray(ys))
+        except ValueError as exc:
+            raise AssetGridError(str(exc), item_id=self.item.id, asset_key=asset_key) from exc
+
+    def _mask_asset_key(self) -> str | None:
+        return None
+
+    def get_stats(self, x: int, y: int) -> tuple[float, float]:
+        cloud, nodata = self._fractions(np.array([x]), np.array([y]), self._mask_asset_key())
+        return float(cloud[0]), float(nodata[0])
+
+    def chip_stats(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if type(self).get_stats is not _MaskStatsIndexer.get_stats:  # a subclass redefined the statistic
+            return super().chip_stats(xs, ys)
+        return self._fractions(xs, ys, self._mask_asset_key())
+
+
+class NoDataMaskChipIndexer(_MaskStatsIndexer):
+    """Indexer with a nodata mask given by the caller (e.g. Sentinel-1); cloud is always 0.
+
+    `nodata_mask` is a boolean (or 0/1) array on the chip grid, shape (rows, cols) of the grid.
+    """
+
+    def __init__(
+        self,
+        item: pystac.Item,
+        nodata_mask: ArrayLike,
+        chip_size: int = 256,
+        chip_max_nodata: float = 0.5,
+        shape: Sequence[int] | None = None,
+        **grid_options,
+    ) -> None:
+        super().__init__(item, chip_size, chip_max_nodata, shape, **grid_options)
+        self.nodata_mask = np.asarray(nodata_mask)
+        if self.nodata_mask.ndim != 2:
+            raise StacchipError(f"nodata_mask must be 2-D, got shape {self.nodata_mask.shape}", item_id=item.id)
+
+    def _mask_layers(self) -> tuple[Affine, np.ndarray | None, np.ndarray]:
+        return self.transform, None, self.nodata_mask.astype(bool, copy=False)
+
+
+class _AssetMaskIndexer(_MaskStatsIndexer):
+    """A sensor indexer whose mask is one of the item's assets, read once at native resolution."""
+
+    #: Asset keys tried in order.
+    mask_asset_keys: tuple[str, ...] = ()
+
+    def _mask_asset_key(self) -> str:
+        for key in self.mask_asset_keys:
+            if key in self.item.assets:
+                return key
+        raise MaskAssetMissingError(
+            f"{type(self).__name__} needs a mask asset named one of {list(self.mask_asset_keys)}; "
+            f"the item has {sorted(self.item.assets)}",
+            item_id=self.item.id,
+        )
+
+    def classify(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _mask_layers(self) -> tuple[Affine, np.ndarray | None, np.ndarray]:
+        key = self._mask_asset_key()
+        href = asset_href(self.item, key)
+        log.info("%s: reading mask asset %r at native resolution", self.item.id, key)
+        with open_asset(href, item_id=self.item.id, asset_key=key) as src:
+            mask = read_band(src, 1, item_id=self.item.id, asset_key=key)
+            transform = src.transform
+        cloud, nodata = self.classify(mask)
+        return transform, cloud, nodata
+
+
+class Sentinel2Indexer(_AssetMaskIndexer):
+    """Sentinel-2 L2A: SCL classes {1, 3, 8, 9, 10} are cloud, class 0 is nodata."""
+
+    mask_asset_keys = ("scl", "SCL")
+    scl_filter = list(stats.S2_SCL_CLOUD_CLASSES)
+    nodata_value = stats.S2_SCL_NODATA_CLASS
+
+    def classify(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return stats.classify_scl(mask)
+
+
+class LandsatIndexer(_AssetMaskIndexer):
+    """Landsat Collection 2: QA_PIXEL bit 0 is nodata; bits 1, 3, 4 (dilated cloud, cloud, shadow) cloud."""
+
+    mask_asset_keys = ("qa_pixel", "QA_PIXEL")
+
+    def classify(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return stats.classify_landsat_qa(mask)
+
+
+class ModisIndexer(_AssetMaskIndexer):
+    """MODIS 09: `sur_refl_qc_500m & 0b11` is 2 for cloud and 3 for nodata."""
+
+    mask_asset_keys = ("sur_refl_qc_500m",)
+
+    def classify(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return stats.classify_modis_qc(mask)
+
+
+#: Indexer chosen by collection id when the item's collection is known (prefix match).
+INDEXER_BY_COLLECTION: dict[str, type[ChipIndexer]] = {
+    "sentinel-2": Sentinel2Indexer,
+    "sentinel-s2": Sentinel2Indexer,
+    "landsat": LandsatIndexer,
+    "modis": ModisIndexer,
+    "naip": NoStatsChipIndexer,
+}
+
+INDEXERS: dict[str, type[ChipIndexer]] = {
+    "sentinel-2": Sentinel2Indexer,
+    "landsat": LandsatIndexer,
+    "modis": ModisIndexer,
+    "nostats": NoStatsChipIndexer,
+}
+
+
+def indexer_class_for(item: pystac.Item) -> type[ChipIndexer]:
+    """The indexer class that fits an item: from its mask assets first, then its collection id."""
+    if any(key in item.assets for key in Sentinel2Indexer.mask_asset_keys):
+        return Sentinel2Indexer
+    if any(key in item.assets for key in LandsatIndexer.mask_asset_keys):
+        return LandsatIndexer
+    if any(key in item.assets for key in ModisIndexer.mask_asset_keys):
+        return ModisIndexer
+    collection = (item.collection_id or "").lower()
+    for prefix, cls in INDEXER_BY_COLLECTION.items():
+        if collection.startswith(prefix):
+            return cls  # a sensor collection without its mask fails with MaskAssetMissingError
+    return NoStatsChipIndexer
+
+
+def Indexer(item: pystac.Item, *args, kind: str | None = None, **kwargs) -> ChipIndexer:  # noqa: N802 (a factory named like the class it returns)
+    """The right indexer for an item: Sentinel-2 (scl), Landsat (qa_pixel), MODIS (QC) or no stats.
+
+    `kind` ("sentinel-2", "landsat", "modis", "nostats") forces a choice.
+    """
+    if kind is not None:
+        try:
+            cls = INDEXERS[kind]
+        except KeyError:
+            raise StacchipError(f"unknown indexer kind {kind!r}; choose one of {sorted(INDEXERS)}", item_id=item.id) from None
+    else:
+        cls = indexer_class_for(item)
+    return cls(item, *args, **kwargs)

@@ -1,0 +1,100 @@
+"""Per-chip cloud and nodata fractions, computed from a mask at the mask's own resolution.
+
+A mask (SCL, QA_PIXEL, MODIS QC, or a caller's boolean array) is classified into boolean cloud and
+nodata layers, and each chip's fractions are box sums over those layers, taken for every chip at once
+from a summed-area table. The mask is never resampled to the chip grid: a mask pixel belongs to a chip
+when its centre falls inside the chip, so a 20 m SCL under a 10 m grid gives exact counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from affine import Affine
+
+from .grid import ChipGrid
+
+#: Sentinel-2 L2A scene classes counted as cloud: saturated/defective, cloud shadow, cloud medium
+#: and high probability, thin cirrus.
+S2_SCL_CLOUD_CLASSES = (1, 3, 8, 9, 10)
+S2_SCL_NODATA_CLASS = 0
+#: Landsat Collection 2 QA_PIXEL bits: 0 fill; 1 dilated cloud, 3 cloud, 4 cloud shadow.
+LANDSAT_FILL_BITS = 1 << 0
+LANDSAT_CLOUD_BITS = (1 << 1) | (1 << 3) | (1 << 4)
+#: MODIS 09 500 m QC, MODLAND bits 0-1 read as the integer `qc & 0b11`.
+MODIS_MODLAND_CLOUD = 2
+MODIS_MODLAND_NODATA = 3
+
+
+def classify_scl(scl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cloud, nodata) booleans of a Sentinel-2 scene classification layer."""
+    lookup_cloud = np.zeros(256, dtype=bool)
+    lookup_cloud[list(S2_SCL_CLOUD_CLASSES)] = True
+    values = scl.astype(np.uint8, copy=False)
+    return lookup_cloud[values], values == S2_SCL_NODATA_CLASS
+
+
+def classify_landsat_qa(qa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cloud, nodata) booleans of a Landsat Collection 2 QA_PIXEL band."""
+    qa = qa.astype(np.uint16, copy=False)
+    return (qa & LANDSAT_CLOUD_BITS) != 0, (qa & LANDSAT_FILL_BITS) != 0
+
+
+def classify_modis_qc(qc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cloud, nodata) booleans of a MODIS 09 QC band (MODLAND bits 0-1)."""
+    modland = qc.astype(np.int64, copy=False) & 0b11
+    return modland == MODIS_MODLAND_CLOUD, modland == MODIS_MODLAND_NODATA
+
+
+def chip_windows_in_mask(
+    grid: ChipGrid, mask_transform: Affine, xs: np.ndarray, ys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(row0, row1, col0, col1) of each chip in the mask's pixel space (half-open, unclipped).
+
+    Window edges are rounded to the nearest mask pixel edge, which assigns every mask pixel to the
+    chips containing its centre. Raises ValueError when the mask grid is rotated relative to the chips.
+    """
+    to_mask = ~mask_transform * grid.transform  # chip-grid pixel -> mask pixel
+    if abs(to_mask.b) > 1e-9 or abs(to_mask.d) > 1e-9 or to_mask.a <= 0 or to_mask.e <= 0:
+        raise ValueError("mask grid is rotated or flipped relative to the chip grid")
+    col_off, row_off = grid.pixel_offsets(xs, ys)
+    col0 = np.rint(to_mask.a * col_off + to_mask.c).astype(np.int64)
+    col1 = np.rint(to_mask.a * (col_off + grid.chip_size) + to_mask.c).astype(np.int64)
+    row0 = np.rint(to_mask.e * row_off + to_mask.f).astype(np.int64)
+    row1 = np.rint(to_mask.e * (row_off + grid.chip_size) + to_mask.f).astype(np.int64)
+    # A mask much coarser than a chip still contributes the pixel under the chip.
+    col1 = np.maximum(col1, col0 + 1)
+    row1 = np.maximum(row1, row0 + 1)
+    return row0, row1, col0, col1
+
+
+def _box_sums(layer: np.ndarray, row0, row1, col0, col1) -> np.ndarray:
+    """Sum of `layer` over each clipped window, from one summed-area table."""
+    height, width = layer.shape
+    table = np.zeros((height + 1, width + 1), dtype=np.int64 if layer.size >= 2**31 else np.int32)
+    np.cumsum(layer, axis=0, dtype=table.dtype, out=table[1:, 1:])
+    np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
+    r0, r1 = np.clip(row0, 0, height), np.clip(row1, 0, height)
+    c0, c1 = np.clip(col0, 0, width), np.clip(col1, 0, width)
+    return (table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]).astype(np.int64)
+
+
+def mask_fractions(
+    grid: ChipGrid,
+    mask_transform: Affine,
+    cloud: np.ndarray | None,
+    nodata: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cloud and nodata fractions in [0, 1] (float32) of each chip.
+
+    Both are counted over the chip's whole footprint in the mask; the part of a chip that lies
+    outside the mask's extent (padded edge chips) counts as nodata.
+    """
+    row0, row1, col0, col1 = chip_windows_in_mask(grid, mask_transform, xs, ys)
+    height, width = nodata.shape
+    total = (row1 - row0) * (col1 - col0)
+    inside = (np.clip(row1, 0, height) - np.clip(row0, 0, height)) * (np.clip(col1, 0, width) - np.clip(col0, 0, width))
+    nodata_count = _box_sums(nodata, row0, row1, col0, col1) + (total - inside)
+    cloud_count = np.zeros_like(nodata_count) if cloud is None else _box_sums(cloud, row0, row1, col0, col1)
+    return (cloud_count / total).astype(np.float32), (nodata_count / total).astype(np.float32)
