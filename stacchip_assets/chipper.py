@@ -35,7 +35,7 @@ class AssetChipReader:
         self.item_id = indexer.item.id
         self.chip_size = indexer.chip_size
         self.dataset: DatasetReader = open_asset(href, item_id=self.item_id, asset_key=key)
-        to_asset = ~self.dataset.transform * indexer.transform  # chip-grid pixel -> asset pixel
+        to_asset = ~self.dataset.transform @ indexer.transform  # chip-grid pixel -> asset pixel
         if abs(to_asset.b) > 1e-9 or abs(to_asset.d) > 1e-9 or to_asset.a <= 0 or to_asset.e <= 0:
             self.dataset.close()
             raise AssetGridError(

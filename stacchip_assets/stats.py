@@ -53,7 +53,7 @@ def chip_windows_in_mask(
     Window edges are rounded to the nearest mask pixel edge, which assigns every mask pixel to the
     chips containing its centre. Raises ValueError when the mask grid is rotated relative to the chips.
     """
-    to_mask = ~mask_transform * grid.transform  # chip-grid pixel -> mask pixel
+    to_mask = ~mask_transform @ grid.transform  # chip-grid pixel -> mask pixel
     if abs(to_mask.b) > 1e-9 or abs(to_mask.d) > 1e-9 or to_mask.a <= 0 or to_mask.e <= 0:
         raise ValueError("mask grid is rotated or flipped relative to the chip grid")
     col_off, row_off = grid.pixel_offsets(xs, ys)
