@@ -7,6 +7,7 @@ read once at their own resolution, and all chips are computed as whole arrays.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from functools import cached_property
 from typing import Sequence
@@ -164,17 +165,20 @@ class ChipIndexer:
         when = item_datetime(self.item)
         n = len(xs)
         item_id = self.item.id
-        chipids = np.char.add(np.char.add(np.char.add(f"{item_id}-", xs.astype(str)), "-"), ys.astype(str))
+        days = (when.date() - dt.date(1970, 1, 1)).days
+        micros = int(when.timestamp() * 1_000_000) if when.microsecond == 0 else (
+            (when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+        )
         columns = {
-            "chipid": chipids.tolist(),
-            "date": pa.array(np.full(n, np.datetime64(when.date(), "D"))),
+            "chipid": [f"{item_id}-{x}-{y}" for x, y in zip(xs.tolist(), ys.tolist())],
+            "date": np.full(n, days, dtype=np.int32),
             "chip_index_x": xs.astype(np.uint16),
             "chip_index_y": ys.astype(np.uint16),
             "cloud_cover_percentage": cloud,
             "nodata_percentage": nodata,
             "collection": [self.item.collection_id] * n,
             "item_id": [item_id] * n,
-            "datetime": pa.array(np.full(n, np.datetime64(when.replace(tzinfo=None), "us")), pa.timestamp("us", tz="UTC")),
+            "datetime": np.full(n, micros, dtype=np.int64),
             "item_href": [item_href or self.item.get_self_href()] * n,
             "chip_size": np.full(n, self.chip_size, dtype=np.uint16),
             "chip_stride": np.full(n, self.grid.step, dtype=np.uint16),
@@ -201,34 +205,38 @@ class NoStatsChipIndexer(ChipIndexer):
 
 
 class _MaskStatsIndexer(ChipIndexer):
-    """Shared machinery: classify a mask into cloud/nodata layers, then box-sum them per chip."""
+    """Shared machinery: a mask raster plus a classifier into cloud/nodata, summed per chip."""
 
-    def _mask_layers(self) -> tuple[Affine, np.ndarray | None, np.ndarray]:
-        """(mask transform, cloud bool layer or None, nodata bool layer)."""
+    def _mask(self) -> tuple[Affine, np.ndarray]:
+        """(mask transform, raw mask array at the mask's own resolution)."""
+        raise NotImplementedError
+
+    def classify(self, mask: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """(cloud booleans or None, nodata booleans) of a block of raw mask rows."""
         raise NotImplementedError
 
     @cached_property
-    def _layers(self) -> tuple[Affine, np.ndarray | None, np.ndarray]:
-        return self._mask_layers()
-
-    def _fractions(self, xs: np.ndarray, ys: np.ndarray, asset_key: str | None) -> tuple[np.ndarray, np.ndarray]:
-        transform, cloud, nodata = self._layers
-        try:
-            return stats.mask_fractions(self.grid, transform, cloud, nodata, np.asarray(xs), np.asarray(ys))
-        except ValueError as exc:
-            raise AssetGridError(str(exc), item_id=self.item.id, asset_key=asset_key) from exc
+    def _mask_cache(self) -> tuple[Affine, np.ndarray]:
+        return self._mask()
 
     def _mask_asset_key(self) -> str | None:
         return None
 
+    def _fractions(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        transform, mask = self._mask_cache
+        try:
+            return stats.mask_fractions(self.grid, transform, mask, self.classify, np.asarray(xs), np.asarray(ys))
+        except ValueError as exc:
+            raise AssetGridError(str(exc), item_id=self.item.id, asset_key=self._mask_asset_key()) from exc
+
     def get_stats(self, x: int, y: int) -> tuple[float, float]:
-        cloud, nodata = self._fractions(np.array([x]), np.array([y]), self._mask_asset_key())
+        cloud, nodata = self._fractions(np.array([x]), np.array([y]))
         return float(cloud[0]), float(nodata[0])
 
     def chip_stats(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if type(self).get_stats is not _MaskStatsIndexer.get_stats:  # a subclass redefined the statistic
             return super().chip_stats(xs, ys)
-        return self._fractions(xs, ys, self._mask_asset_key())
+        return self._fractions(xs, ys)
 
 
 class NoDataMaskChipIndexer(_MaskStatsIndexer):
@@ -251,8 +259,11 @@ class NoDataMaskChipIndexer(_MaskStatsIndexer):
         if self.nodata_mask.ndim != 2:
             raise StacchipError(f"nodata_mask must be 2-D, got shape {self.nodata_mask.shape}", item_id=item.id)
 
-    def _mask_layers(self) -> tuple[Affine, np.ndarray | None, np.ndarray]:
-        return self.transform, None, self.nodata_mask.astype(bool, copy=False)
+    def _mask(self) -> tuple[Affine, np.ndarray]:
+        return self.transform, self.nodata_mask
+
+    def classify(self, mask: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        return None, mask.astype(bool, copy=False)
 
 
 class _AssetMaskIndexer(_MaskStatsIndexer):
@@ -271,18 +282,12 @@ class _AssetMaskIndexer(_MaskStatsIndexer):
             item_id=self.item.id,
         )
 
-    def classify(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
-
-    def _mask_layers(self) -> tuple[Affine, np.ndarray | None, np.ndarray]:
+    def _mask(self) -> tuple[Affine, np.ndarray]:
         key = self._mask_asset_key()
         href = asset_href(self.item, key)
         log.info("%s: reading mask asset %r at native resolution", self.item.id, key)
         with open_asset(href, item_id=self.item.id, asset_key=key) as src:
-            mask = read_band(src, 1, item_id=self.item.id, asset_key=key)
-            transform = src.transform
-        cloud, nodata = self.classify(mask)
-        return transform, cloud, nodata
+            return src.transform, read_band(src, 1, item_id=self.item.id, asset_key=key)
 
 
 class Sentinel2Indexer(_AssetMaskIndexer):

@@ -19,7 +19,8 @@ from .errors import AssetReadError
 def open_asset(href: str, *, item_id: str | None = None, asset_key: str | None = None) -> DatasetReader:
     """Open an asset href with rasterio, raising AssetReadError with the cause on failure."""
     try:
-        return rasterio.open(href)
+        # Decode the blocks of one large read on all cores (GTiff/COG open option; others ignore it).
+        return rasterio.open(href, NUM_THREADS="ALL_CPUS")
     except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
         raise AssetReadError(f"cannot open {href}: {exc}", item_id=item_id, asset_key=asset_key) from exc
 

@@ -1,12 +1,14 @@
 """Per-chip cloud and nodata fractions, computed from a mask at the mask's own resolution.
 
 A mask (SCL, QA_PIXEL, MODIS QC, or a caller's boolean array) is classified into boolean cloud and
-nodata layers, and each chip's fractions are box sums over those layers, taken for every chip at once
-from a summed-area table. The mask is never resampled to the chip grid: a mask pixel belongs to a chip
+nodata layers, and each chip's fractions are box sums over those layers, taken a chip row at a time
+(one pass over the mask, no per-chip loop). The mask is never resampled to the chip grid: a mask pixel belongs to a chip
 when its centre falls inside the chip, so a 20 m SCL under a 10 m grid gives exact counts.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 from affine import Affine
@@ -27,10 +29,10 @@ MODIS_MODLAND_NODATA = 3
 
 def classify_scl(scl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(cloud, nodata) booleans of a Sentinel-2 scene classification layer."""
-    lookup_cloud = np.zeros(256, dtype=bool)
-    lookup_cloud[list(S2_SCL_CLOUD_CLASSES)] = True
     values = scl.astype(np.uint8, copy=False)
-    return lookup_cloud[values], values == S2_SCL_NODATA_CLASS
+    cloud = (values | np.uint8(2)) == 3  # classes 1 and 3
+    cloud |= (values - np.uint8(8)) <= 2  # classes 8, 9, 10 (uint8 wraps below 8)
+    return cloud, values == S2_SCL_NODATA_CLASS
 
 
 def classify_landsat_qa(qa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,34 +69,45 @@ def chip_windows_in_mask(
     return row0, row1, col0, col1
 
 
-def _box_sums(layer: np.ndarray, row0, row1, col0, col1) -> np.ndarray:
-    """Sum of `layer` over each clipped window, from one summed-area table."""
-    height, width = layer.shape
-    table = np.zeros((height + 1, width + 1), dtype=np.int64 if layer.size >= 2**31 else np.int32)
-    np.cumsum(layer, axis=0, dtype=table.dtype, out=table[1:, 1:])
-    np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
-    r0, r1 = np.clip(row0, 0, height), np.clip(row1, 0, height)
-    c0, c1 = np.clip(col0, 0, width), np.clip(col1, 0, width)
-    return (table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]).astype(np.int64)
+Classifier = Callable[[np.ndarray], "tuple[np.ndarray | None, np.ndarray]"]
 
 
 def mask_fractions(
     grid: ChipGrid,
     mask_transform: Affine,
-    cloud: np.ndarray | None,
-    nodata: np.ndarray,
+    mask: np.ndarray,
+    classify: Classifier,
     xs: np.ndarray,
     ys: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cloud and nodata fractions in [0, 1] (float32) of each chip.
 
-    Both are counted over the chip's whole footprint in the mask; the part of a chip that lies
-    outside the mask's extent (padded edge chips) counts as nodata.
+    `classify` turns a block of raw mask rows into (cloud or None, nodata) booleans. The mask is
+    classified and summed one band of rows at a time (the rows under one chip row), so no
+    full-size boolean layer is ever allocated: the chip's counts are differences of the band's
+    running column sums. Both fractions are over the chip's whole footprint in the mask; the
+    part of a chip outside the mask's extent (padded edge chips) counts as nodata.
     """
     row0, row1, col0, col1 = chip_windows_in_mask(grid, mask_transform, xs, ys)
-    height, width = nodata.shape
+    height, width = mask.shape
+    r0, r1 = np.clip(row0, 0, height), np.clip(row1, 0, height)
+    c0, c1 = np.clip(col0, 0, width), np.clip(col1, 0, width)
     total = (row1 - row0) * (col1 - col0)
-    inside = (np.clip(row1, 0, height) - np.clip(row0, 0, height)) * (np.clip(col1, 0, width) - np.clip(col0, 0, width))
-    nodata_count = _box_sums(nodata, row0, row1, col0, col1) + (total - inside)
-    cloud_count = np.zeros_like(nodata_count) if cloud is None else _box_sums(cloud, row0, row1, col0, col1)
+    inside = (r1 - r0) * (c1 - c0)
+    cloud_count = np.zeros(len(xs), dtype=np.int64)
+    nodata_count = total - inside
+    bands, band_of_chip = np.unique(np.stack([r0, r1], axis=1), axis=0, return_inverse=True)
+    band_of_chip = band_of_chip.ravel()
+    running = np.zeros(width + 1, dtype=np.int64)
+    for band, (start, stop) in enumerate(bands.tolist()):
+        if stop <= start:
+            continue
+        members = np.flatnonzero(band_of_chip == band)
+        cloud, nodata = classify(mask[start:stop])
+        column_dtype = np.uint16 if stop - start < 2**16 else np.int64  # narrow sums are twice as fast
+        for layer, counts in ((cloud, cloud_count), (nodata, nodata_count)):
+            if layer is None:
+                continue
+            np.cumsum(layer.view(np.uint8).sum(axis=0, dtype=column_dtype), out=running[1:])
+            counts[members] += running[c1[members]] - running[c0[members]]
     return (cloud_count / total).astype(np.float32), (nodata_count / total).astype(np.float32)
