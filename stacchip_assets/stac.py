@@ -178,7 +178,11 @@ def item_datetime(item: pystac.Item) -> dt.datetime:
 def asset_href(item: pystac.Item, asset_key: str, mountpath: str | Path | None = None) -> str:
     """Absolute href of an asset; with `mountpath`, the href's path mapped onto that local folder."""
     asset = item.assets[asset_key]
-    href = asset.get_absolute_href() or asset.href
+    href = asset.href
+    if "://" not in href and not Path(href).is_absolute():
+        # Relative to the item JSON. (An absolute local path is kept as it is: pystac would read
+        # "/data/x.tif" under an s3:// item as "s3://bucket/data/x.tif".)
+        href = asset.get_absolute_href() or href
     if mountpath is not None:
         path = urlparse(href, allow_fragments=False).path
         return str(Path(mountpath) / path.lstrip("/"))

@@ -34,5 +34,8 @@ def load_indexer_s3(bucket: str, platform: str, item_id: str, prefix: str = "", 
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise StorageError(f"cannot load item JSON s3://{bucket}/{key}: {exc}", item_id=item_id) from exc
     item = pystac.Item.from_dict(json.loads(body))
-    item.set_self_href(f"s3://{bucket}/{key}")
+    # A self link (not set_self_href, which would rewrite absolute asset paths) so relative asset
+    # hrefs resolve against the bucket and index rows record where the item lives.
+    item.links = [link for link in item.links if link.rel != "self"]
+    item.add_link(pystac.Link(rel="self", target=f"s3://{bucket}/{key}", media_type=pystac.MediaType.JSON))
     return Indexer(item, **indexer_options)
