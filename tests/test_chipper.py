@@ -166,3 +166,25 @@ def test_mountpath_maps_hrefs_onto_a_local_folder(scene, tmp_path):
     chip = Chipper(NoStatsChipIndexer(moved), mountpath=tmp_path, assets=["b10"]).chip(1, 1)
     with rasterio.open(real) as src:
         np.testing.assert_array_equal(chip["b10"], src.read(window=Window(256, 256, 256, 256)))
+
+
+def test_cog_over_http_equals_local_and_404_is_named(scene):
+    from pathlib import Path
+
+    from .http_server import serve_directory
+
+    item, _ = scene
+    folder = Path(item.assets["b10"].href).parent
+    with serve_directory(str(folder)) as base:
+        remote = item.clone()
+        remote.assets["b10"].href = f"{base}/b10.tif"
+        remote.assets["b20"].href = f"{base}/b20.tif"
+        local = Chipper(NoStatsChipIndexer(item), assets=["b10", "b20"]).chip(2, 1)
+        over_http = Chipper(NoStatsChipIndexer(remote), assets=["b10", "b20"]).chip(2, 1)
+        for key in local:
+            np.testing.assert_array_equal(over_http[key], local[key])
+        remote.assets["b10"].href = f"{base}/missing.tif"
+        with pytest.raises(AssetReadError) as excinfo:
+            Chipper(NoStatsChipIndexer(remote), assets=["b10"]).chip(0, 0)
+    message = str(excinfo.value)
+    assert "scene-1" in message and "'b10'" in message and "missing.tif" in message and "404" in message
