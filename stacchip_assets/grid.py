@@ -99,7 +99,26 @@ class ChipGrid:
             raise ValueError(f"{bad} chip corners cannot be projected to WGS84 from {self.crs.name!r}")
         lon = unwrap_antimeridian(lon)
         polygons = shapely.polygons(np.stack([lon, lat], axis=-1))
+        for pole_lat, (px, py) in self._poles():
+            # A chip that contains (or touches) a pole spans every longitude: its four corners
+            # cannot describe it, so it becomes the polar cap band down to its farthest corner.
+            on_pole = (cx.min(axis=1) <= px) & (px <= cx.max(axis=1)) & (cy.min(axis=1) <= py) & (py <= cy.max(axis=1))
+            if on_pole.any():
+                edge = lat[on_pole].max(axis=1) if pole_lat < 0 else lat[on_pole].min(axis=1)
+                polygons[on_pole] = shapely.box(-180.0, np.minimum(edge, pole_lat), 180.0, np.maximum(edge, pole_lat))
         return shapely.orient_polygons(polygons, exterior_cw=False)
+
+    def _poles(self) -> list[tuple[float, tuple[float, float]]]:
+        """The poles in the grid CRS (projected CRSs only; in lon/lat a pole is just an edge)."""
+        if self.crs.is_geographic:
+            return []
+        to_grid = pyproj.Transformer.from_crs(WGS84, self.crs, always_xy=True)
+        poles = []
+        for pole_lat in (90.0, -90.0):
+            px, py = to_grid.transform(0.0, pole_lat, errcheck=False)
+            if np.isfinite(px) and np.isfinite(py):
+                poles.append((pole_lat, (float(px), float(py))))
+        return poles
 
     def bounds(self) -> tuple[float, float, float, float]:
         """(minx, miny, maxx, maxy) of the whole raster in the grid CRS."""
