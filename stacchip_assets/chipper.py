@@ -24,7 +24,7 @@ from rasterio.windows import Window
 from .errors import AssetGridError, StacchipError
 from .indexer import ChipIndexer
 from .rio import open_asset, read_window
-from .stac import asset_href, raster_asset_keys
+from .stac import asset_href, check_asset_matches_metadata, raster_asset_keys
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,11 @@ class AssetChipReader:
         self.item_id = indexer.item.id
         self.chip_size = indexer.chip_size
         self.dataset: DatasetReader = open_asset(href, item_id=self.item_id, asset_key=key)
+        try:
+            check_asset_matches_metadata(indexer.item, key, self.dataset.shape, self.dataset.transform)
+        except AssetGridError:
+            self.dataset.close()
+            raise
         to_asset = ~self.dataset.transform @ indexer.transform  # chip-grid pixel -> asset pixel
         if abs(to_asset.b) > 1e-9 or abs(to_asset.d) > 1e-9 or to_asset.a <= 0 or to_asset.e <= 0:
             self.dataset.close()

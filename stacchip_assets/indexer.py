@@ -28,7 +28,7 @@ from .errors import AssetGridError, MaskAssetMissingError, StacchipError, Unsupp
 from .geoparquet import build_index_table, empty_index_table
 from .grid import WGS84, ChipGrid
 from .rio import open_asset, read_band
-from .stac import asset_href, chip_grid_source, item_crs, item_datetime
+from .stac import asset_href, check_asset_matches_metadata, chip_grid_source, item_crs, item_datetime
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +287,7 @@ class _AssetMaskIndexer(_MaskStatsIndexer):
         href = asset_href(self.item, key)
         log.info("%s: reading mask asset %r at native resolution", self.item.id, key)
         with open_asset(href, item_id=self.item.id, asset_key=key) as src:
+            check_asset_matches_metadata(self.item, key, src.shape, src.transform)
             return src.transform, read_band(src, 1, item_id=self.item.id, asset_key=key)
 
 

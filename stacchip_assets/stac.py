@@ -187,3 +187,31 @@ def asset_href(item: pystac.Item, asset_key: str, mountpath: str | Path | None =
         path = urlparse(href, allow_fragments=False).path
         return str(Path(mountpath) / path.lstrip("/"))
     return href
+
+
+def check_asset_matches_metadata(item: pystac.Item, asset_key: str, shape: tuple[int, int], transform: Affine) -> None:
+    """Raise AssetGridError when the STAC grid of an asset disagrees with the file's own grid.
+
+    A wrong proj:transform in an item would silently misplace every footprint; the file is the
+    truth, so a disagreement of more than a thousandth of a pixel is reported, not used.
+    """
+    from .errors import AssetGridError
+
+    declared = asset_grid(item, asset_key)
+    if declared is None:
+        return
+    a, b = declared.transform, transform
+    pixel = max(abs(b.a), abs(b.e), 1e-12)
+    same_size = all(abs(x - y) <= 1e-6 * pixel for x, y in ((a.a, b.a), (a.b, b.b), (a.d, b.d), (a.e, b.e)))
+    same_origin = abs(a.c - b.c) <= 1e-3 * pixel and abs(a.f - b.f) <= 1e-3 * pixel
+    if not (same_size and same_origin):
+        raise AssetGridError(
+            f"proj:transform {list(a)[:6]} in the STAC metadata disagrees with the file's geotransform "
+            f"{list(b)[:6]}; fix the item (the file is used as the truth for pixels)",
+            item_id=item.id, asset_key=asset_key,
+        )
+    if tuple(declared.shape) != tuple(shape):
+        raise AssetGridError(
+            f"proj:shape {list(declared.shape)} in the STAC metadata disagrees with the file's size {list(shape)}",
+            item_id=item.id, asset_key=asset_key,
+        )

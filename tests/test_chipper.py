@@ -152,6 +152,7 @@ def test_asset_that_does_not_overlap_the_grid(scene, tmp_path):
     far = write_cog(tmp_path / "far.tif", arrays["b20"], Affine(20, 0, X0 + 500_000, 0, -20, Y0))
     broken = item.clone()
     broken.assets["b20"].href = str(far)
+    broken.assets["b20"].extra_fields["proj:transform"] = [20, 0, X0 + 500_000, 0, -20, Y0]
     with pytest.raises(AssetGridError, match="does not overlap the chip grid"):
         Chipper(NoStatsChipIndexer(broken), assets=["b20"]).chip(0, 0)
 
@@ -188,3 +189,17 @@ def test_cog_over_http_equals_local_and_404_is_named(scene):
             Chipper(NoStatsChipIndexer(remote), assets=["b10"]).chip(0, 0)
     message = str(excinfo.value)
     assert "scene-1" in message and "'b10'" in message and "missing.tif" in message and "404" in message
+
+
+def test_stac_transform_that_disagrees_with_the_cog_is_detected(scene):
+    item, _ = scene
+    wrong = item.clone()
+    transform = list(wrong.assets["b20"].extra_fields["proj:transform"])
+    transform[2] += 20 * 7  # metadata says the raster starts 7 pixels further east than the file does
+    wrong.assets["b20"].extra_fields["proj:transform"] = transform
+    with pytest.raises(AssetGridError, match=r"scene-1.*b20.*disagrees with the file's geotransform"):
+        Chipper(NoStatsChipIndexer(wrong), assets=["b20"]).chip(0, 0)
+    wrong_shape = item.clone()
+    wrong_shape.assets["b20"].extra_fields["proj:shape"] = [351, 500]
+    with pytest.raises(AssetGridError, match="proj:shape"):
+        Chipper(NoStatsChipIndexer(wrong_shape), assets=["b20"]).chip(0, 0)
