@@ -38,7 +38,10 @@ class AssetChipReader:
         self.chip_size = indexer.chip_size
         self.dataset: DatasetReader = open_asset(href, item_id=self.item_id, asset_key=key)
         try:
-            check_asset_matches_metadata(indexer.item, key, self.dataset.shape, self.dataset.transform)
+            check_asset_matches_metadata(
+                indexer.item, key, self.dataset.shape, self.dataset.transform,
+                include_item_level=key == indexer.grid_asset_key,
+            )
         except AssetGridError:
             self.dataset.close()
             raise

@@ -189,14 +189,23 @@ def asset_href(item: pystac.Item, asset_key: str, mountpath: str | Path | None =
     return href
 
 
-def check_asset_matches_metadata(item: pystac.Item, asset_key: str, shape: tuple[int, int], transform: Affine) -> None:
+def check_asset_matches_metadata(
+    item: pystac.Item, asset_key: str, shape: tuple[int, int], transform: Affine, *, include_item_level: bool = False
+) -> None:
     """Raise AssetGridError when the STAC grid of an asset disagrees with the file's own grid.
 
     A wrong proj:transform in an item would silently misplace every footprint; the file is the
-    truth, so a disagreement of more than a thousandth of a pixel is reported, not used.
+    truth, so a disagreement of more than a thousandth of a pixel is reported, not used. Fields
+    the asset inherits from the item are checked only with `include_item_level` (for the asset
+    the chip grid comes from): catalogs often put the finest grid at item level while coarser
+    assets carry no fields of their own, and those are read correctly from their own grid.
     """
     from .errors import AssetGridError
 
+    fields = item.assets[asset_key].extra_fields
+    has_own = "proj:transform" in fields or "proj:shape" in fields
+    if not (has_own or include_item_level):
+        return
     declared = asset_grid(item, asset_key)
     if declared is None:
         return
