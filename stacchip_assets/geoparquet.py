@@ -147,7 +147,8 @@ def write_index(table: pa.Table, uri: str | os.PathLike, filesystem: pafs.FileSy
     """Write an index as GeoParquet, atomically: readers see the old file or the new one, never half.
 
     Local paths are written to a temporary file in the same folder and renamed over the target;
-    object stores (s3://) receive the file in a single PUT, which is atomic there.
+    object stores (s3://) get the whole file in one upload, which becomes visible only when it
+    completes (pyarrow may use a multipart upload; `storage.Storage` uses one boto3 PUT).
     """
     if b"geo" not in (table.schema.metadata or {}):
         table = with_geo_metadata(table)

@@ -99,14 +99,25 @@ class ChipGrid:
             raise ValueError(f"{bad} chip corners cannot be projected to WGS84 from {self.crs.name!r}")
         lon = unwrap_antimeridian(lon)
         polygons = shapely.polygons(np.stack([lon, lat], axis=-1))
-        for pole_lat, (px, py) in self._poles():
+        for pole_lat, on_pole in self.pole_chips(cx, cy):
             # A chip that contains (or touches) a pole spans every longitude: its four corners
             # cannot describe it, so it becomes the polar cap band down to its farthest corner.
-            on_pole = (cx.min(axis=1) <= px) & (px <= cx.max(axis=1)) & (cy.min(axis=1) <= py) & (py <= cy.max(axis=1))
             if on_pole.any():
                 edge = lat[on_pole].max(axis=1) if pole_lat < 0 else lat[on_pole].min(axis=1)
                 polygons[on_pole] = shapely.box(-180.0, np.minimum(edge, pole_lat), 180.0, np.maximum(edge, pole_lat))
         return shapely.orient_polygons(polygons, exterior_cw=False)
+
+    def pole_chips(self, cx: np.ndarray, cy: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        """For each pole (latitude), which chips (by their corners) contain or touch it."""
+        tolerance = 1e-6 * max(abs(self.transform.a), abs(self.transform.e))
+        return [
+            (
+                pole_lat,
+                (cx.min(axis=1) - tolerance <= px) & (px <= cx.max(axis=1) + tolerance)
+                & (cy.min(axis=1) - tolerance <= py) & (py <= cy.max(axis=1) + tolerance),
+            )
+            for pole_lat, (px, py) in self._poles()
+        ]
 
     def _poles(self) -> list[tuple[float, tuple[float, float]]]:
         """The poles in the grid CRS (projected CRSs only; in lon/lat a pole is just an edge)."""

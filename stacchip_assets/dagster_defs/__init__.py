@@ -1,0 +1,65 @@
+"""The Dagster layer of stacchip_assets: assets, checks, sensors, resources and jobs (wiring only).
+
+`build_definitions()` assembles a `Definitions` for a list of collections (default: the configured
+ones, see `presets`); `stacchip_assets.definitions.defs` is the code location's object.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+
+from .assets import (
+    CHIP_INDEX_KEY,
+    COMBINED_INDEX_KEY,
+    ITEM_PARTITIONS_NAME,
+    STAC_ITEMS_KEY,
+    build_assets,
+    item_partition_key,
+    item_partitions,
+    split_item_partition_key,
+)
+from .checks import combined_index_checks
+from .presets import CollectionConfig, load_collections
+from .resources import ChipSettingsResource, StacSourceResource, StorageResource, default_resources
+from .sensors import COMBINE_TAG, build_sensors
+
+
+def build_definitions(
+    collections: list[CollectionConfig] | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> Definitions:
+    """Definitions for `collections` (default: `load_collections()`) with `resources` overriding the defaults."""
+    collections = load_collections() if collections is None else list(collections)
+    stac_items, chip_index, combined_index = build_assets(collections)
+    stac_items_job = define_asset_job(
+        "stac_items_job", selection=AssetSelection.assets(stac_items),
+        executor_def=in_process_executor, description="Search and store the item set of one collection.",
+    )
+    chip_index_job = define_asset_job(
+        "chip_index_job", selection=AssetSelection.assets(chip_index),
+        executor_def=in_process_executor, description="Index one STAC item (one run per item, in process).",
+    )
+    combined_index_job = define_asset_job(
+        "combined_index_job", selection=AssetSelection.assets(combined_index), executor_def=in_process_executor,
+        tags=COMBINE_TAG, description="Bring the combined index up to date and run its checks.",
+    )
+    stac_item_sensor, combined_index_automation = build_sensors(collections, chip_index_job)
+    all_resources: dict[str, Any] = default_resources()
+    all_resources.update(resources or {})
+    return Definitions(
+        assets=[stac_items, chip_index, combined_index],
+        asset_checks=combined_index_checks,
+        jobs=[stac_items_job, chip_index_job, combined_index_job],
+        sensors=[stac_item_sensor, combined_index_automation],
+        resources=all_resources,
+        executor=in_process_executor,
+    )
+
+
+__all__ = [
+    "CHIP_INDEX_KEY", "COMBINED_INDEX_KEY", "ChipSettingsResource", "CollectionConfig", "ITEM_PARTITIONS_NAME",
+    "STAC_ITEMS_KEY", "StacSourceResource", "StorageResource", "build_definitions", "item_partition_key",
+    "item_partitions", "load_collections", "split_item_partition_key",
+]

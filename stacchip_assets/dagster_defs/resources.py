@@ -1,0 +1,126 @@
+"""Dagster resources: the STAC source, the storage base and the chip settings.
+
+Every field has a working default, so the code location runs with no configuration at all (the
+embedded sample catalog, a storage base under the Dagster home, the presets' chip settings).
+`default_resources()` binds fields to environment variables when they are set:
+
+==============================  =============================================================
+STACCHIP_STAC_API_URL           STAC API to search (pystac-client)
+STACCHIP_STAC_CATALOG           static catalog (path or URL of catalog.json) instead
+STACCHIP_MAX_ITEMS_PER_TICK     items a sensor tick requests per collection (default 200)
+STACCHIP_STORAGE_BASE           local folder or s3://bucket/prefix (default $DAGSTER_HOME/stacchip)
+STACCHIP_S3_ENDPOINT_URL        S3-compatible endpoint, e.g. http://127.0.0.1:9000
+STACCHIP_S3_REGION              region
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY   credentials (otherwise the usual AWS chain)
+STACCHIP_CHIP_SIZE              chip size for every collection (default: the preset's)
+STACCHIP_CHIP_MAX_NODATA        max nodata fraction for every collection (default: the preset's)
+==============================  =============================================================
+"""
+
+
+import os
+from typing import Optional
+
+from dagster import ConfigurableResource, EnvVar
+from pydantic import Field
+
+from ..pipeline import ChipSettings
+from ..stac_source import StacSource, open_source
+from ..storage import Storage, default_base
+from .presets import CollectionConfig
+
+
+class StacSourceResource(ConfigurableResource):
+    """Where items come from: a STAC API (`api_url`) or a static catalog (`catalog_path`);
+    with neither, the embedded sample catalog (generated on first use, no network needed)."""
+
+    api_url: Optional[str] = Field(default=None, description="STAC API root URL (searched with pystac-client)")
+    catalog_path: Optional[str] = Field(default=None, description="path or URL of a static catalog.json")
+    page_size: int = Field(default=100, description="items per page of an API search")
+    timeout_seconds: float = Field(default=30.0, description="HTTP timeout of API requests")
+    max_items_per_tick: int = Field(default=200, description="items a sensor tick requests per collection")
+
+    def source(self) -> StacSource:
+        if self.api_url:
+            return open_source(api_url=self.api_url, page_size=self.page_size, timeout=self.timeout_seconds)
+        return open_source(catalog_path=self.catalog_path)
+
+    def describe(self) -> str:
+        if self.api_url:
+            return f"STAC API {self.api_url}"
+        return f"static catalog {self.catalog_path}" if self.catalog_path else "embedded sample catalog"
+
+
+class StorageResource(ConfigurableResource):
+    """The storage base: a local folder (default `$DAGSTER_HOME/stacchip`) or `s3://bucket/prefix`."""
+
+    base: Optional[str] = Field(default=None, description="local folder or s3://bucket/prefix")
+    s3_endpoint_url: Optional[str] = Field(default=None, description="S3-compatible endpoint URL")
+    s3_region: Optional[str] = None
+    s3_access_key_id: Optional[str] = None
+    s3_secret_access_key: Optional[str] = None
+
+    def storage(self) -> Storage:
+        return Storage.from_uri(
+            self.base or default_base(),
+            endpoint_url=self.s3_endpoint_url,
+            region=self.s3_region,
+            access_key_id=self.s3_access_key_id,
+            secret_access_key=self.s3_secret_access_key,
+        )
+
+
+class ChipSettingsResource(ConfigurableResource):
+    """Chip settings; unset fields keep each collection's preset values."""
+
+    chip_size: Optional[int] = Field(default=None, description="chip size in pixels, for every collection")
+    chip_max_nodata: Optional[float] = Field(default=None, description="drop chips with more nodata than this")
+    stride: Optional[int] = Field(default=None, description="pixels between chip origins (overlap if < chip_size)")
+    pad_edges: Optional[bool] = Field(default=None, description="keep partial chips at the right/bottom edges")
+    indexers: dict[str, str] = Field(default_factory=dict, description="collection -> indexer kind")
+    assets: dict[str, list[str]] = Field(default_factory=dict, description="collection -> asset keys to keep")
+
+    def for_collection(self, config: CollectionConfig | None) -> ChipSettings:
+        base = config.chips if config is not None else ChipSettings()
+        collection = config.collection if config is not None else None
+        assets = self.assets.get(collection) if collection else None
+        return ChipSettings(
+            chip_size=self.chip_size if self.chip_size is not None else base.chip_size,
+            chip_max_nodata=self.chip_max_nodata if self.chip_max_nodata is not None else base.chip_max_nodata,
+            indexer=self.indexers.get(collection, base.indexer) if collection else base.indexer,
+            stride=self.stride if self.stride is not None else base.stride,
+            pad_edges=self.pad_edges if self.pad_edges is not None else base.pad_edges,
+            assets=tuple(assets) if assets is not None else base.assets,
+        )
+
+
+def _env(name: str, kind: str = "str"):
+    """EnvVar(name) if the variable is set (resolved at run time, hidden in the UI), else None."""
+    if not os.environ.get(name):
+        return None
+    return {"str": EnvVar, "int": EnvVar.int}.get(kind, EnvVar)(name) if kind != "float" else float(os.environ[name])
+
+
+def default_resources() -> dict[str, ConfigurableResource]:
+    """Resources with defaults, bound to the environment variables above when they are set."""
+    def given(**values):
+        return {k: v for k, v in values.items() if v is not None}
+
+    return {
+        "stac_source": StacSourceResource(**given(
+            api_url=_env("STACCHIP_STAC_API_URL"),
+            catalog_path=_env("STACCHIP_STAC_CATALOG"),
+            max_items_per_tick=_env("STACCHIP_MAX_ITEMS_PER_TICK", "int"),
+        )),
+        "storage": StorageResource(**given(
+            base=_env("STACCHIP_STORAGE_BASE"),
+            s3_endpoint_url=_env("STACCHIP_S3_ENDPOINT_URL"),
+            s3_region=_env("STACCHIP_S3_REGION"),
+            s3_access_key_id=_env("AWS_ACCESS_KEY_ID"),
+            s3_secret_access_key=_env("AWS_SECRET_ACCESS_KEY"),
+        )),
+        "chip_settings": ChipSettingsResource(**given(
+            chip_size=_env("STACCHIP_CHIP_SIZE", "int"),
+            chip_max_nodata=_env("STACCHIP_CHIP_MAX_NODATA", "float"),
+        )),
+    }

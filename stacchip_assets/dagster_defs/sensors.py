@@ -1,0 +1,118 @@
+"""Sensors: new STAC items -> dynamic partitions + chip-index runs; the combined index follows.
+
+`stac_item_sensor` polls every configured collection for items whose `updated` time is after its
+cursor (one cursor per collection, JSON) and returns, in one `SensorResult`, the new partitions and
+one run per item. Run keys are ``{collection}/{item_id}@{updated}``: a restarted sensor never
+indexes the same item version twice, an updated item is re-indexed, and a failed run can be
+retried by hand (Dagster never relaunches a run key). A failing source raises: the tick fails and
+the cursor stays where it was.
+
+`combined_index_automation` is the declarative-automation sensor of the combined index, declared
+here so it runs by default (Dagster's own automation sensor is stopped by default on OSS).
+"""
+
+
+import json
+import time
+from typing import Any
+
+from dagster import (
+    AddDynamicPartitionsRequest,
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
+
+from ..errors import StacchipError
+from .assets import COMBINED_INDEX_KEY, ITEM_PARTITIONS_NAME, item_partition_key
+from .presets import CollectionConfig
+from .resources import StacSourceResource
+
+CURSOR_VERSION = 1
+#: Stop polling further collections after this long (a tick times out after 60 s).
+TICK_BUDGET_SECONDS = 40.0
+#: Run tag that the run queue's concurrency limit for combined-index runs matches.
+COMBINE_TAG = {"stacchip/role": "combine"}
+
+
+def parse_cursor(text: str | None) -> dict[str, tuple[str, str]]:
+    """{collection: (updated, item_id)} from a sensor cursor (empty if none)."""
+    if not text:
+        return {}
+    data = json.loads(text)
+    return {c: (v[0], v[1]) for c, v in data.get("collections", {}).items()}
+
+
+def dump_cursor(positions: dict[str, tuple[str, str]]) -> str:
+    return json.dumps({"v": CURSOR_VERSION, "collections": {c: list(p) for c, p in sorted(positions.items())}}, sort_keys=True)
+
+
+def poll_new_items(
+    collections: list[CollectionConfig],
+    stac_source: StacSourceResource,
+    cursor: dict[str, tuple[str, str]],
+    instance=None,
+) -> tuple[list[RunRequest], list[str], dict[str, tuple[str, str]], dict[str, Any]]:
+    """(run requests, new partition keys, new cursor, per-collection counts) of one tick."""
+    source = stac_source.source()
+    started = time.monotonic()
+    new_cursor = dict(cursor)
+    runs: list[RunRequest] = []
+    new_partitions: list[str] = []
+    counts: dict[str, Any] = {}
+    for config in collections:
+        if time.monotonic() - started > TICK_BUDGET_SECONDS:
+            counts[config.collection] = "deferred to the next tick"
+            continue
+        polled = source.poll(config.collection, config.search, after=cursor.get(config.collection),
+                             limit=stac_source.max_items_per_tick)
+        for item in polled:
+            key = item_partition_key(item.collection, item.item_id)
+            if instance is None or not instance.has_dynamic_partition(ITEM_PARTITIONS_NAME, key):
+                new_partitions.append(key)
+            runs.append(RunRequest(
+                partition_key=key,
+                run_key=f"{key}@{item.updated}",
+                tags={"stacchip/collection": item.collection, "stacchip/item_updated": item.updated},
+            ))
+        if polled:
+            new_cursor[config.collection] = polled[-1].position
+        counts[config.collection] = len(polled)
+    return runs, new_partitions, new_cursor, counts
+
+
+def build_sensors(collections: list[CollectionConfig], chip_index_job):
+    @sensor(
+        name="stac_item_sensor",
+        job=chip_index_job,
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Polls each configured collection for items updated after the cursor; adds their "
+        "chip_index partitions and requests one run per item version.",
+    )
+    def stac_item_sensor(context: SensorEvaluationContext, stac_source: StacSourceResource) -> SensorResult:
+        cursor = parse_cursor(context.cursor)
+        try:
+            runs, partitions, new_cursor, counts = poll_new_items(collections, stac_source, cursor, context.instance)
+        except StacchipError as exc:  # fail the tick; the cursor is not moved
+            raise type(exc)(f"polling {stac_source.describe()} failed, cursor kept: {exc}") from exc
+        context.log.info("new or updated items per collection: %s", counts)
+        requests = [AddDynamicPartitionsRequest(ITEM_PARTITIONS_NAME, partitions)] if partitions else []
+        if not runs:
+            return SensorResult(skip_reason=f"no new items ({counts})", cursor=dump_cursor(new_cursor))
+        return SensorResult(run_requests=runs, dynamic_partitions_requests=requests, cursor=dump_cursor(new_cursor))
+
+    combined_index_automation = AutomationConditionSensorDefinition(
+        "combined_index_automation",
+        target=AssetSelection.assets(COMBINED_INDEX_KEY),
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        run_tags=COMBINE_TAG,
+        description="Evaluates the combined index's automation condition (follows new chip indexes, "
+        "not blocked by a failed item).",
+    )
+    return stac_item_sensor, combined_index_automation

@@ -1,0 +1,579 @@
+"""Where STAC items come from: a STAC API (searched through pystac-client) or a static catalog.
+
+Both kinds answer the same three questions, per collection:
+
+- :meth:`StacSource.search` -- the item set a search selects (bbox, datetime, query, filter, sortby,
+  max_items), optionally reduced by stacchip's rule "least cloudy item per tile per quarter";
+- :meth:`StacSource.poll` -- items whose ``updated`` time is after a cursor, oldest first, at most
+  ``limit`` (what a sensor asks on each tick);
+- :meth:`StacSource.get_item` -- one item by id (what indexing an item starts from).
+
+Every failure (server down, bad query, unreadable catalog) raises :class:`StacSourceError` naming the
+source, so a Dagster tick or run says which catalog to look at.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import operator
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+from urllib.parse import urlparse
+
+import pystac
+import shapely
+
+from .errors import StacSourceError
+from .paths import validate_id
+
+log = logging.getLogger(__name__)
+
+SELECTION_ALL = "all"
+SELECTION_LEAST_CLOUDY = "least_cloudy_per_tile_quarter"
+SELECTIONS = (SELECTION_ALL, SELECTION_LEAST_CLOUDY)
+
+#: Item properties that name a tile/scene footprint, tried in order by the selection rule.
+DEFAULT_TILE_PROPERTIES = (
+    "grid:code", "s2:mgrs_tile", "mgrs:tile", "landsat:wrs_path+landsat:wrs_row",
+    "modis:tile-id", "sat:relative_orbit",
+)
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """How one collection is searched. All fields optional; `max_items` bounds the item set."""
+
+    bbox: tuple[float, float, float, float] | None = None
+    datetime: str | None = None
+    query: Mapping[str, Any] | None = None
+    filter: Mapping[str, Any] | str | None = None  # noqa: A003 (STAC's name)
+    filter_lang: str | None = None
+    sortby: Sequence[Mapping[str, str]] | str | None = None
+    max_items: int | None = None
+    selection: str = SELECTION_ALL
+    tile_properties: tuple[str, ...] = DEFAULT_TILE_PROPERTIES
+    cloud_property: str = "eo:cloud_cover"
+    updated_property: str = "updated"
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise StacSourceError(f"unknown item selection {self.selection!r}; choose one of {list(SELECTIONS)}")
+        if self.bbox is not None and len(self.bbox) != 4:
+            raise StacSourceError(f"bbox must have 4 numbers, got {self.bbox!r}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> "SearchParams":
+        values = dict(values or {})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise StacSourceError(f"unknown search parameters {sorted(unknown)}")
+        if values.get("bbox") is not None:
+            values["bbox"] = tuple(float(v) for v in values["bbox"])
+        if values.get("tile_properties") is not None:
+            values["tile_properties"] = tuple(values["tile_properties"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PolledItem:
+    """An item a poll found: enough to request its indexing (no item body kept)."""
+
+    collection: str
+    item_id: str
+    updated: str  # canonical UTC ISO time, see `canonical_time`
+
+    @property
+    def position(self) -> tuple[str, str]:
+        return (self.updated, self.item_id)
+
+
+def canonical_time(value: str | dt.datetime) -> str:
+    """A time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC (sortable as text, stable in run keys)."""
+    when = pystac.utils.str_to_datetime(value) if isinstance(value, str) else value
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def item_updated(item: pystac.Item, prop: str = "updated") -> str:
+    """The item's last-modified time: its ``updated`` property, else the mtime of its local JSON
+    file, else ``created``, else its datetime."""
+    value = item.properties.get(prop)
+    if value:
+        try:
+            return canonical_time(value)
+        except (ValueError, TypeError):
+            log.warning("%s: unparseable %s %r", item.id, prop, value)
+    href = item.get_self_href() or ""
+    if href and ("://" not in href or href.startswith("file://")):
+        try:
+            mtime = os.stat(urlparse(href).path if href.startswith("file://") else href).st_mtime
+            return canonical_time(dt.datetime.fromtimestamp(mtime, dt.timezone.utc))
+        except OSError:
+            pass
+    for key in ("created", "datetime", "start_datetime"):
+        if item.properties.get(key):
+            return canonical_time(item.properties[key])
+    return canonical_time(dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))
+
+
+def _item_time(item: pystac.Item) -> dt.datetime | None:
+    when = item.datetime
+    if when is None and item.properties.get("start_datetime"):
+        when = pystac.utils.str_to_datetime(item.properties["start_datetime"])
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when
+
+
+def tile_of(item: pystac.Item, properties: Sequence[str] = DEFAULT_TILE_PROPERTIES) -> str:
+    """The tile an item belongs to: the first of `properties` it has (``a+b`` joins two), else its id."""
+    for name in properties:
+        parts = name.split("+")
+        values = [item.properties.get(p) for p in parts]
+        if all(v is not None for v in values):
+            return "/".join(str(v) for v in values)
+    return f"id:{item.id}"
+
+
+def select_least_cloudy_per_tile_quarter(
+    items: Iterable[pystac.Item],
+    tile_properties: Sequence[str] = DEFAULT_TILE_PROPERTIES,
+    cloud_property: str = "eo:cloud_cover",
+) -> list[pystac.Item]:
+    """stacchip's rule: one item per (tile, year, quarter), the least cloudy (ties: earliest, then id).
+
+    Items without a cloud cover count as fully cloudy; items without a date are kept as they are.
+    The result keeps the input order.
+    """
+    best: dict[tuple, tuple[tuple, int]] = {}
+    kept_undated: list[int] = []
+    items = list(items)
+    for i, item in enumerate(items):
+        when = _item_time(item)
+        if when is None:
+            kept_undated.append(i)
+            continue
+        group = (tile_of(item, tile_properties), when.year, (when.month - 1) // 3 + 1)
+        cloud = item.properties.get(cloud_property)
+        rank = (float(cloud) if cloud is not None else 100.0, when, item.id)
+        if group not in best or rank < best[group][0]:
+            best[group] = (rank, i)
+    keep = sorted([i for _, i in best.values()] + kept_undated)
+    return [items[i] for i in keep]
+
+
+# --------------------------------------------------------------------------------------------------
+# Client-side evaluation of search parameters (static catalogs)
+# --------------------------------------------------------------------------------------------------
+
+def _parse_interval(value: str) -> tuple[dt.datetime | None, dt.datetime | None]:
+    parts = value.split("/") if "/" in value else [value, value]
+    if len(parts) != 2:
+        raise StacSourceError(f"bad datetime interval {value!r}")
+
+    def parse(text: str, end: bool) -> dt.datetime | None:
+        text = text.strip()
+        if text in ("", ".."):
+            return None
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            day = dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+            return day + dt.timedelta(days=1) - dt.timedelta(microseconds=1) if end else day
+        when = pystac.utils.str_to_datetime(text)
+        return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+    return parse(parts[0], False), parse(parts[1], True)
+
+
+def _prop(item: pystac.Item, name: str) -> Any:
+    name = name.removeprefix("properties.")
+    if name == "id":
+        return item.id
+    if name == "collection":
+        return item.collection_id
+    return item.properties.get(name)
+
+
+_COMPARE = {
+    "eq": operator.eq, "=": operator.eq, "neq": operator.ne, "<>": operator.ne, "!=": operator.ne,
+    "lt": operator.lt, "<": operator.lt, "lte": operator.le, "<=": operator.le,
+    "gt": operator.gt, ">": operator.gt, "gte": operator.ge, ">=": operator.ge,
+}
+
+
+def _comparable(a: Any, b: Any) -> tuple[Any, Any]:
+    """Make times comparable with times (text ISO values are parsed when the other side is a time)."""
+    if isinstance(b, dict) and "timestamp" in b:
+        b = pystac.utils.str_to_datetime(b["timestamp"])
+    if isinstance(b, dict) and "date" in b:
+        b = pystac.utils.str_to_datetime(b["date"])
+    if isinstance(b, dt.datetime) and isinstance(a, str):
+        a = pystac.utils.str_to_datetime(a)
+    for x in (a, b):
+        if isinstance(x, dt.datetime) and x.tzinfo is None:
+            return (a.replace(tzinfo=dt.timezone.utc) if isinstance(a, dt.datetime) and a.tzinfo is None else a,
+                    b.replace(tzinfo=dt.timezone.utc) if isinstance(b, dt.datetime) and b.tzinfo is None else b)
+    return a, b
+
+
+def _match_query(item: pystac.Item, query: Mapping[str, Any]) -> bool:
+    """The STAC API `query` extension: {"prop": {"op": value, ...}, ...}."""
+    for name, tests in query.items():
+        value = _prop(item, name)
+        if not isinstance(tests, Mapping):
+            tests = {"eq": tests}
+        for op, expected in tests.items():
+            if op == "in":
+                if value not in expected:
+                    return False
+            elif op == "startsWith":
+                if not (isinstance(value, str) and value.startswith(expected)):
+                    return False
+            elif op in _COMPARE:
+                if value is None:
+                    return False
+                try:
+                    if not _COMPARE[op](value, expected):
+                        return False
+                except TypeError:
+                    return False
+            else:
+                raise StacSourceError(f"query operator {op!r} is not supported on static catalogs")
+    return True
+
+
+def _cql2_value(item: pystac.Item, arg: Any) -> Any:
+    if isinstance(arg, Mapping) and "property" in arg:
+        return _prop(item, arg["property"])
+    return arg
+
+
+def _match_cql2(item: pystac.Item, expr: Mapping[str, Any]) -> bool:
+    """A CQL2-JSON subset: and, or, not, =, <>, <, <=, >, >=, in, between, isNull, like."""
+    op = str(expr.get("op", "")).lower()
+    args = expr.get("args", [])
+    if op == "and":
+        return all(_match_cql2(item, a) for a in args)
+    if op == "or":
+        return any(_match_cql2(item, a) for a in args)
+    if op == "not":
+        return not _match_cql2(item, args[0])
+    if op == "isnull":
+        return _cql2_value(item, args[0]) is None
+    values = [_cql2_value(item, a) for a in args]
+    if op in ("=", "<>", "<", "<=", ">", ">="):
+        a, b = _comparable(values[0], values[1])
+        if a is None or b is None:
+            return False
+        try:
+            return bool(_COMPARE[op](a, b))
+        except TypeError:
+            return False
+    if op == "in":
+        return values[0] in values[1]
+    if op == "between":
+        a, lo = _comparable(values[0], values[1])
+        a, hi = _comparable(values[0], values[2])
+        return a is not None and lo <= a <= hi
+    if op == "like":
+        pattern = re.escape(str(values[1])).replace("%", ".*").replace("_", ".")
+        return isinstance(values[0], str) and re.fullmatch(pattern, values[0]) is not None
+    raise StacSourceError(f"CQL2 operator {op!r} is not supported on static catalogs")
+
+
+def _sort_key_fields(sortby: Sequence[Mapping[str, str]] | str | None) -> list[tuple[str, bool]]:
+    if not sortby:
+        return []
+    if isinstance(sortby, str):
+        fields = [s.strip() for s in sortby.split(",") if s.strip()]
+        return [(f.lstrip("+-"), f.startswith("-")) for f in fields]
+    return [(s["field"], str(s.get("direction", "asc")).lower() == "desc") for s in sortby]
+
+
+def _sort_items(items: list[pystac.Item], sortby: Sequence[Mapping[str, str]] | str | None) -> list[pystac.Item]:
+    for name, descending in reversed(_sort_key_fields(sortby)):
+        # None sorts last in either direction
+        present = [i for i in items if _prop(i, name) is not None]
+        absent = [i for i in items if _prop(i, name) is None]
+        present.sort(key=lambda i: _prop(i, name), reverse=descending)
+        items = present + absent
+    return items
+
+
+def filter_items(items: Iterable[pystac.Item], params: SearchParams) -> list[pystac.Item]:
+    """Apply bbox, datetime, query, filter and sortby client-side (what a STAC API would do)."""
+    if isinstance(params.filter, str):
+        raise StacSourceError("static catalogs support CQL2-JSON filters only, not CQL2 text")
+    box = shapely.box(*params.bbox) if params.bbox else None
+    interval = _parse_interval(params.datetime) if params.datetime else None
+    out = []
+    for item in items:
+        if box is not None:
+            geom = shapely.geometry.shape(item.geometry) if item.geometry else (shapely.box(*item.bbox) if item.bbox else None)
+            if geom is None or not geom.intersects(box):
+                continue
+        if interval is not None:
+            start = item.properties.get("start_datetime")
+            end = item.properties.get("end_datetime")
+            t0 = pystac.utils.str_to_datetime(start) if start else _item_time(item)
+            t1 = pystac.utils.str_to_datetime(end) if end else _item_time(item)
+            if t0 is None or (interval[1] is not None and t0 > interval[1]) or (interval[0] is not None and t1 < interval[0]):
+                continue
+        if params.query and not _match_query(item, params.query):
+            continue
+        if params.filter and not _match_cql2(item, params.filter):
+            continue
+        out.append(item)
+    return _sort_items(out, params.sortby)
+
+
+def apply_selection(items: list[pystac.Item], params: SearchParams) -> list[pystac.Item]:
+    if params.selection == SELECTION_LEAST_CLOUDY:
+        return select_least_cloudy_per_tile_quarter(items, params.tile_properties, params.cloud_property)
+    return items
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------------
+
+class StacSource:
+    """Common interface of the STAC API and static catalog sources."""
+
+    #: Human-readable description used in errors and metadata.
+    name: str = "STAC source"
+
+    def search(self, collection: str, params: SearchParams | None = None) -> list[pystac.Item]:
+        raise NotImplementedError
+
+    def poll(
+        self,
+        collection: str,
+        params: SearchParams | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 100,
+    ) -> list[PolledItem]:
+        """Items with (updated, id) after `after`, oldest first, at most `limit`."""
+        raise NotImplementedError
+
+    def get_item(self, collection: str, item_id: str) -> pystac.Item:
+        raise NotImplementedError
+
+    def _error(self, what: str, exc: BaseException | str) -> StacSourceError:
+        return StacSourceError(f"{self.name}: {what}: {exc}")
+
+
+def _after(items: Iterable[PolledItem], after: tuple[str, str] | None, limit: int) -> list[PolledItem]:
+    found = sorted((p for p in items if after is None or p.position > tuple(after)), key=lambda p: p.position)
+    return found[: max(int(limit), 0)]
+
+
+class StaticCatalogSource(StacSource):
+    """A static STAC catalog (local path or URL of catalog.json), walked with pystac on every call so
+    edits are seen. An item's `updated` is its property, else its JSON file's mtime."""
+
+    def __init__(self, catalog_path: str | os.PathLike) -> None:
+        self.catalog_path = str(catalog_path)
+        self.name = f"static catalog {self.catalog_path}"
+
+    def _catalog(self) -> pystac.Catalog:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return pystac.Catalog.from_file(self.catalog_path)
+        except Exception as exc:  # pystac raises many kinds (OSError, JSON, STACTypeError, urllib)
+            raise self._error("cannot open the catalog", exc) from exc
+
+    def _collection_items(self, collection: str) -> Iterator[pystac.Item]:
+        """Items of one collection: the child catalog/collection with that id, else every item of the
+        catalog whose `collection` field names it."""
+        catalog = self._catalog()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                child = catalog.get_child(collection) or catalog.get_child(collection, recursive=True)
+                for item in (child if child is not None else catalog).get_items(recursive=True):
+                    if item.collection_id is None and child is not None:
+                        item.collection_id = collection
+                    if item.collection_id == collection:
+                        yield item
+        except StacSourceError:
+            raise
+        except Exception as exc:
+            raise self._error(f"cannot read the items of collection {collection!r}", exc) from exc
+
+    def search(self, collection: str, params: SearchParams | None = None) -> list[pystac.Item]:
+        params = params or SearchParams()
+        items = filter_items(self._collection_items(collection), params)
+        items = apply_selection(items, params)
+        return items[: params.max_items] if params.max_items else items
+
+    def poll(self, collection, params=None, after=None, limit=100):
+        params = params or SearchParams()
+        if params.selection != SELECTION_ALL:
+            items = self.search(collection, params)
+        else:
+            items = filter_items(self._collection_items(collection), params)
+        return _after(
+            (PolledItem(collection, i.id, item_updated(i, params.updated_property)) for i in items), after, limit
+        )
+
+    def get_item(self, collection: str, item_id: str) -> pystac.Item:
+        validate_id(item_id, "item")
+        root = Path(self.catalog_path).parent if "://" not in self.catalog_path else None
+        if root is not None:  # best-practices layout first: {collection}/{item_id}/{item_id}.json
+            guess = root / validate_id(collection, "collection") / item_id / f"{item_id}.json"
+            if guess.is_file():
+                try:
+                    item = pystac.Item.from_file(str(guess))
+                except Exception as exc:
+                    raise self._error(f"cannot read item {item_id!r}", exc) from exc
+                if item.id == item_id and item.collection_id in (collection, None):
+                    item.collection_id = collection
+                    return item
+        for item in self._collection_items(collection):
+            if item.id == item_id:
+                return item
+        raise self._error(f"no item {item_id!r} in collection {collection!r}", "not found")
+
+
+class StacApiSource(StacSource):
+    """A STAC API searched through pystac-client (paging with the API's next links)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        page_size: int = 100,
+        timeout: float = 30.0,
+    ) -> None:
+        self.url = url
+        self.headers = dict(headers or {})
+        self.page_size = int(page_size)
+        self.timeout = timeout
+        self.name = f"STAC API {url}"
+        self._client = None
+
+    def client(self):
+        if self._client is None:
+            import pystac_client
+
+            try:
+                client = pystac_client.Client.open(self.url, headers=self.headers, timeout=self.timeout)
+            except Exception as exc:
+                raise self._error("cannot open the API", exc) from exc
+            # Servers often advertise sort/filter/query conformance under other URIs than pystac-client expects.
+            for conformance in ("ITEM_SEARCH", "SORT", "FILTER", "QUERY"):
+                try:
+                    client.add_conforms_to(conformance)
+                except Exception:  # pragma: no cover - older pystac-client
+                    pass
+            self._client = client
+        return self._client
+
+    def _search(self, collection: str, params: SearchParams, *, extra_filter: Mapping[str, Any] | None = None,
+                sortby: Any = None, max_items: int | None = None, ids: Sequence[str] | None = None) -> Iterator[pystac.Item]:
+        filter_ = params.filter
+        filter_lang = params.filter_lang
+        if extra_filter is not None:
+            if isinstance(filter_, str):
+                raise self._error("polling", "combine a CQL2-JSON filter with polling, not CQL2 text")
+            filter_ = {"op": "and", "args": [filter_, extra_filter]} if filter_ else extra_filter
+            filter_lang = "cql2-json"
+        kwargs: dict[str, Any] = {
+            "collections": [collection], "bbox": params.bbox, "datetime": params.datetime, "query": params.query,
+            "filter": filter_, "filter_lang": filter_lang, "sortby": sortby if sortby is not None else params.sortby,
+            "max_items": max_items, "limit": self.page_size, "ids": ids,
+        }
+        kwargs = {k: v for k, v in kwargs.items() if v not in (None, [], {})}
+        try:
+            search = self.client().search(**kwargs)
+            for item in search.items():
+                if item.collection_id is None:
+                    item.collection_id = collection
+                yield item
+        except StacSourceError:
+            raise
+        except Exception as exc:
+            raise self._error(f"search of collection {collection!r} failed", exc) from exc
+
+    def search(self, collection: str, params: SearchParams | None = None) -> list[pystac.Item]:
+        params = params or SearchParams()
+        if params.selection == SELECTION_ALL:
+            return list(self._search(collection, params, max_items=params.max_items))
+        items = apply_selection(list(self._search(collection, params, max_items=params.max_items)), params)
+        return items
+
+    def poll(self, collection, params=None, after=None, limit=100):
+        params = params or SearchParams()
+        if params.selection != SELECTION_ALL:
+            items = self.search(collection, params)
+            return _after((PolledItem(collection, i.id, item_updated(i, params.updated_property)) for i in items), after, limit)
+        prop = params.updated_property
+        extra = None
+        if after is not None:
+            # Compared as text from the cursor's whole second: servers such as pgstac store unknown
+            # properties as text (a timestamp literal fails there), and RFC 3339 UTC times sort as text.
+            extra = {"op": ">=", "args": [{"property": prop}, after[0][:19]]}
+        sortby = [{"field": f"properties.{prop}", "direction": "asc"}, {"field": "id", "direction": "asc"}]
+        found: list[PolledItem] = []
+        # Items sharing the cursor's timestamp come back again (>=): skip them, so fetch a little more.
+        for item in self._search(collection, params, extra_filter=extra, sortby=sortby):
+            polled = PolledItem(collection, item.id, item_updated(item, prop))
+            if after is not None and polled.position <= tuple(after):
+                continue
+            found.append(polled)
+            if len(found) >= limit:
+                break
+        return _after(found, after, limit)
+
+    def get_item(self, collection: str, item_id: str) -> pystac.Item:
+        validate_id(item_id, "item")
+        for item in self._search(collection, SearchParams(), ids=[item_id], max_items=1):
+            if item.id == item_id:
+                return item
+        raise self._error(f"no item {item_id!r} in collection {collection!r}", "not found")
+
+
+def open_source(api_url: str | None = None, catalog_path: str | os.PathLike | None = None, **api_options) -> StacSource:
+    """A STAC API source if `api_url` is given, else a static catalog (default: the sample catalog)."""
+    if api_url and catalog_path:
+        raise StacSourceError("give a STAC API url or a static catalog path, not both")
+    if api_url:
+        return StacApiSource(api_url, **api_options)
+    if not catalog_path:
+        from .sample_data import ensure_sample_catalog
+
+        catalog_path = ensure_sample_catalog()
+    return StaticCatalogSource(catalog_path)
+
+
+def item_summary(item: pystac.Item) -> dict[str, Any]:
+    """A few fields of an item for tables and metadata."""
+    when = _item_time(item)
+    return {
+        "id": item.id,
+        "datetime": when.isoformat() if when else None,
+        "cloud_cover": item.properties.get("eo:cloud_cover"),
+        "updated": item_updated(item),
+        "tile": tile_of(item),
+    }
+
+
+def params_json(params: SearchParams) -> str:
+    """SearchParams as JSON (for metadata)."""
+    return json.dumps({k: v for k, v in params.__dict__.items() if v not in (None, (), [], {})}, default=list, sort_keys=True)
+
+
+__all__ = [
+    "SELECTIONS", "SELECTION_ALL", "SELECTION_LEAST_CLOUDY", "PolledItem", "SearchParams", "StacApiSource",
+    "StacSource", "StaticCatalogSource", "apply_selection", "canonical_time", "filter_items", "item_summary",
+    "item_updated", "open_source", "params_json", "select_least_cloudy_per_tile_quarter", "tile_of",
+]

@@ -1,0 +1,373 @@
+"""The storage base: where item JSON, per-item chip indexes, quicklooks and the combined index live.
+
+A base is a local folder or ``s3://bucket/prefix`` (any S3-compatible endpoint, credentials passed
+explicitly or found the usual way). The layout is stacchip's, so existing tooling reads ours::
+
+    {base}/{collection}/{item_id}/stac_item.json                      the item as indexed
+    {base}/index/{collection}/{item_id}/index_{item_id}.parquet       per-item chip index
+    {base}/index/{collection}/{item_id}/quicklook_{item_id}.png       footprints coloured by cloud
+    {base}/combined/{collection}/{item_id}.parquet                    combined index (see combine.py)
+    {base}/item_sets/{collection}.json                                the items a search selected
+
+Every write is atomic: local files are written to a hidden temporary sibling and renamed over the
+target; S3 objects arrive in a single PUT. Collection and item ids are validated with
+:func:`stacchip_assets.paths.validate_id` before they become paths or keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pystac
+
+from .errors import InvalidIdentifierError, StorageError
+from .geoparquet import read_index, with_geo_metadata, write_index
+from .paths import validate_id
+
+#: Environment variable naming the default storage base.
+STORAGE_BASE_ENV = "STACCHIP_STORAGE_BASE"
+ITEM_FILENAME = "stac_item.json"
+INDEX_DIR = "index"
+COMBINED_DIR = "combined"
+ITEM_SETS_DIR = "item_sets"
+#: Top-level folders of the layout that therefore cannot be collection ids.
+RESERVED_COLLECTIONS = frozenset({INDEX_DIR, COMBINED_DIR, ITEM_SETS_DIR})
+
+
+def default_base() -> str:
+    """``$STACCHIP_STORAGE_BASE``, else ``$DAGSTER_HOME/stacchip``, else ``./.dagster_home/stacchip``."""
+    explicit = os.environ.get(STORAGE_BASE_ENV)
+    if explicit:
+        return explicit
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        return str(Path(home).expanduser().absolute() / "stacchip")
+    return str(Path(".dagster_home").absolute() / "stacchip")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One stored file: its key relative to the base, size in bytes and modification time (epoch s)."""
+
+    key: str
+    size: int
+    mtime: float
+
+
+def _endpoint_parts(endpoint_url: str) -> tuple[str, str]:
+    """("host:port", "http" | "https") of an endpoint URL; a bare host:port means https."""
+    if "://" not in endpoint_url:
+        return endpoint_url.rstrip("/"), "https"
+    parsed = urlparse(endpoint_url)
+    return parsed.netloc, parsed.scheme or "https"
+
+
+def s3_filesystem(
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    session_token: str | None = None,
+) -> pafs.S3FileSystem:
+    """A pyarrow S3 filesystem; unset values fall back to the AWS environment/config chain."""
+    options: dict[str, Any] = {}
+    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint_url:
+        options["endpoint_override"], options["scheme"] = _endpoint_parts(endpoint_url)
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    if access_key_id and secret_access_key:
+        options["access_key"] = access_key_id
+        options["secret_key"] = secret_access_key
+        if session_token:
+            options["session_token"] = session_token
+    try:
+        return pafs.S3FileSystem(**options)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise StorageError(f"cannot set up S3 access (endpoint {endpoint_url or 'AWS default'}): {exc}") from exc
+
+
+class Storage:
+    """A storage base (local folder or ``s3://bucket/prefix``) with the stacchip layout.
+
+    Paths inside the base are *keys*: ``/``-separated, relative (``index/naip/x/index_x.parquet``).
+    :meth:`uri` turns a key into what users see and what index rows record (an absolute local path
+    or an ``s3://`` URI).
+    """
+
+    def __init__(
+        self,
+        base: str | os.PathLike | None = None,
+        filesystem: pafs.FileSystem | None = None,
+        *,
+        s3_options: dict[str, Any] | None = None,
+    ) -> None:
+        text = str(base) if base is not None else default_base()
+        #: boto3 client options (endpoint_url, region_name, credentials) for S3 writes
+        self.s3_options: dict[str, Any] = dict(s3_options or {})
+        self._s3_client = None
+        if text.startswith("s3://"):
+            parsed = urlparse(text)
+            if not parsed.netloc:
+                raise StorageError(f"storage base {text!r} has no bucket")
+            self.scheme = "s3"
+            self.fs = filesystem if filesystem is not None else s3_filesystem()
+            self.root = f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
+            self.base = f"s3://{self.root}"
+        elif "://" in text and not text.startswith("file://"):
+            raise StorageError(f"unsupported storage base {text!r}: use a local folder or s3://bucket/prefix")
+        else:
+            path = Path(urlparse(text).path if text.startswith("file://") else text).expanduser().absolute()
+            self.scheme = "file"
+            self.fs = filesystem if filesystem is not None else pafs.LocalFileSystem()
+            self.root = str(path)
+            self.base = str(path)
+
+    @classmethod
+    def from_uri(
+        cls,
+        base: str | os.PathLike | None = None,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        session_token: str | None = None,
+    ) -> "Storage":
+        """A storage base; for ``s3://`` the endpoint, region and credentials are passed explicitly."""
+        text = str(base) if base is not None else default_base()
+        if text.startswith("s3://"):
+            fs = s3_filesystem(
+                endpoint_url=endpoint_url, region=region, access_key_id=access_key_id,
+                secret_access_key=secret_access_key, session_token=session_token,
+            )
+            options = {
+                "endpoint_url": endpoint_url, "region_name": region, "aws_access_key_id": access_key_id,
+                "aws_secret_access_key": secret_access_key, "aws_session_token": session_token,
+            }
+            return cls(text, fs, s3_options={k: v for k, v in options.items() if v})
+        return cls(text)
+
+    def __repr__(self) -> str:
+        return f"Storage({self.base!r})"
+
+    @property
+    def is_local(self) -> bool:
+        return self.scheme == "file"
+
+    # -- the layout ------------------------------------------------------------------------------
+    @staticmethod
+    def item_key(collection: str, item_id: str) -> str:
+        if collection in RESERVED_COLLECTIONS:
+            raise InvalidIdentifierError(f"collection id {collection!r} clashes with the {collection}/ folder of the storage layout")
+        return f"{validate_id(collection, 'collection')}/{validate_id(item_id, 'item')}/{ITEM_FILENAME}"
+
+    @staticmethod
+    def item_set_key(collection: str) -> str:
+        return f"{ITEM_SETS_DIR}/{validate_id(collection, 'collection')}.json"
+
+    @staticmethod
+    def index_key(collection: str, item_id: str) -> str:
+        c, i = validate_id(collection, "collection"), validate_id(item_id, "item")
+        return f"{INDEX_DIR}/{c}/{i}/index_{i}.parquet"
+
+    @staticmethod
+    def quicklook_key(collection: str, item_id: str) -> str:
+        c, i = validate_id(collection, "collection"), validate_id(item_id, "item")
+        return f"{INDEX_DIR}/{c}/{i}/quicklook_{i}.png"
+
+    def path(self, key: str) -> str:
+        """The filesystem path of a key (for pyarrow), refusing keys that climb out of the base."""
+        parts = [p for p in key.split("/") if p]
+        if any(p in (".", "..") for p in parts) or "\\" in key or "\0" in key:
+            raise StorageError(f"invalid storage key {key!r}")
+        return "/".join([self.root, *parts]) if parts else self.root
+
+    def uri(self, key: str = "") -> str:
+        """What users see for a key: an absolute local path, or ``s3://bucket/prefix/key``."""
+        path = self.path(key)
+        return path if self.is_local else f"s3://{path}"
+
+    # -- bytes -----------------------------------------------------------------------------------
+    def write_bytes(self, key: str, data: bytes) -> str:
+        """Write ``data`` at ``key`` atomically; returns the URI."""
+        path = self.path(key)
+        try:
+            if self.is_local:
+                target = Path(path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+                try:
+                    with os.fdopen(fd, "wb") as handle:
+                        handle.write(data)
+                    os.replace(tmp, target)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+            else:
+                self._put_object(path, data)
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"cannot write {self.uri(key)}: {exc}") from exc
+        return self.uri(key)
+
+    def _put_object(self, path: str, data: bytes) -> None:
+        """One S3 PutObject (atomic: readers see the old object or the new one). boto3, not pyarrow:
+        pyarrow's output stream uses multipart uploads, which some S3-compatible servers mishandle."""
+        import botocore.exceptions
+
+        if self._s3_client is None:
+            import boto3
+
+            self._s3_client = boto3.client("s3", **self.s3_options)
+        bucket, _, object_key = path.partition("/")
+        try:
+            self._s3_client.put_object(Bucket=bucket, Key=object_key, Body=data)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise StorageError(f"cannot write s3://{path}: {exc}") from exc
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(key)) as src:
+                return src.read()
+        except FileNotFoundError as exc:
+            raise StorageError(f"{self.uri(key)} does not exist") from exc
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"cannot read {self.uri(key)}: {exc}") from exc
+
+    def write_json(self, key: str, value: Any) -> str:
+        return self.write_bytes(key, (json.dumps(value, indent=1, sort_keys=True, default=str) + "\n").encode())
+
+    def read_json(self, key: str) -> Any:
+        try:
+            return json.loads(self.read_bytes(key))
+        except ValueError as exc:
+            raise StorageError(f"{self.uri(key)} is not valid JSON: {exc}") from exc
+
+    def info(self, key: str) -> FileEntry | None:
+        """Size and mtime of a stored file, or None if it does not exist."""
+        try:
+            info = self.fs.get_file_info(self.path(key))
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"cannot stat {self.uri(key)}: {exc}") from exc
+        if info.type != pafs.FileType.File:
+            return None
+        mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
+        return FileEntry(key=key, size=int(info.size or 0), mtime=mtime)
+
+    def exists(self, key: str) -> bool:
+        return self.info(key) is not None
+
+    def delete(self, key: str) -> bool:
+        """Delete one file; returns False if it did not exist."""
+        try:
+            self.fs.delete_file(self.path(key))
+            return True
+        except FileNotFoundError:
+            return False
+        except (OSError, pa.ArrowException) as exc:
+            if self.info(key) is None:
+                return False
+            raise StorageError(f"cannot delete {self.uri(key)}: {exc}") from exc
+
+    def copy(self, src_key: str, dst_key: str) -> str:
+        """Copy a stored file atomically (server-side on S3, temp file + rename locally)."""
+        if self.is_local:
+            return self.write_bytes(dst_key, self.read_bytes(src_key))
+        try:
+            self.fs.copy_file(self.path(src_key), self.path(dst_key))
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"cannot copy {self.uri(src_key)} to {self.uri(dst_key)}: {exc}") from exc
+        return self.uri(dst_key)
+
+    def list_files(self, prefix: str = "", suffix: str = "") -> Iterator[FileEntry]:
+        """Every file under ``prefix`` (recursive) whose name ends with ``suffix``; hidden files
+        (temporary writes) are skipped."""
+        selector = pafs.FileSelector(self.path(prefix), recursive=True, allow_not_found=True)
+        try:
+            infos = self.fs.get_file_info(selector)
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"cannot list {self.uri(prefix)}: {exc}") from exc
+        root = self.root.rstrip("/") + "/"
+        for info in infos:
+            if info.type != pafs.FileType.File or not info.path.endswith(suffix):
+                continue
+            if info.base_name.startswith((".", "_")):
+                continue
+            key = info.path[len(root):] if info.path.startswith(root) else info.path
+            mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
+            yield FileEntry(key=key, size=int(info.size or 0), mtime=mtime)
+
+    # -- items and indexes -----------------------------------------------------------------------
+    def write_item(self, item: pystac.Item, collection: str | None = None) -> str:
+        """Store an item's JSON (asset hrefs made absolute, self link = its stored URI); returns the URI."""
+        collection = collection or item.collection_id
+        if not collection:
+            raise StorageError("the item has no collection id; pass collection=", item_id=item.id)
+        key = self.item_key(collection, item.id)
+        data = item.to_dict(include_self_link=False, transform_hrefs=False)
+        for asset in data.get("assets", {}).values():
+            href = asset.get("href")
+            if href and "://" not in href and not os.path.isabs(href):
+                source = item.get_self_href()
+                if source is None:
+                    raise StorageError(f"asset href {href!r} is relative and the item has no self href", item_id=item.id)
+                asset["href"] = pystac.utils.make_absolute_href(href, source)
+        data["links"] = [link for link in data.get("links", []) if link.get("rel") not in ("self", "root", "parent", "collection")]
+        data["links"].append({"rel": "self", "href": self.uri(key), "type": "application/geo+json"})
+        return self.write_bytes(key, (json.dumps(data, indent=1) + "\n").encode())
+
+    def read_item(self, collection: str, item_id: str) -> pystac.Item:
+        key = self.item_key(collection, item_id)
+        item = pystac.Item.from_dict(json.loads(self.read_bytes(key)), preserve_dict=False)
+        item.set_self_href(self.uri(key))
+        return item
+
+    def write_index(self, table: pa.Table, collection: str, item_id: str) -> str:
+        """Write a per-item chip index (GeoParquet) atomically; returns its URI."""
+        key = self.index_key(collection, item_id)
+        if self.is_local:
+            return write_index(table, self.path(key))
+        if b"geo" not in (table.schema.metadata or {}):
+            table = with_geo_metadata(table)
+        sink = pa.BufferOutputStream()
+        try:
+            pq.write_table(table, sink, compression="zstd", row_group_size=128 * 1024)
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"cannot encode the index of {collection}/{item_id}: {exc}", item_id=item_id) from exc
+        return self.write_bytes(key, sink.getvalue().to_pybytes())
+
+    def read_index(self, collection: str, item_id: str) -> pa.Table:
+        key = self.index_key(collection, item_id)
+        return read_index(self.path(key), filesystem=self.fs)
+
+    def read_table(self, key: str, columns: list[str] | None = None) -> pa.Table:
+        try:
+            return pq.read_table(self.path(key), filesystem=self.fs, columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"cannot read {self.uri(key)}: {exc}") from exc
+
+    def parquet_num_rows(self, key: str) -> int:
+        """Row count from the Parquet footer only (no data pages read)."""
+        try:
+            with self.fs.open_input_file(self.path(key)) as src:
+                return pq.ParquetFile(src).metadata.num_rows
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"cannot read the footer of {self.uri(key)}: {exc}") from exc
+
+    def indexed_items(self) -> Iterator[tuple[str, str, FileEntry]]:
+        """(collection, item_id, file) of every per-item index under ``{base}/index``."""
+        for entry in self.list_files(INDEX_DIR, suffix=".parquet"):
+            parts = entry.key.split("/")
+            if len(parts) == 4 and parts[3] == f"index_{parts[2]}.parquet":
+                yield parts[1], parts[2], entry
