@@ -22,6 +22,7 @@ from .indexer import (
     LandsatIndexer,
     ModisIndexer,
     NoDataMaskChipIndexer,
+    NodataValueIndexer,
     NoStatsChipIndexer,
     Sentinel2Indexer,
 )
@@ -30,7 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AssetGridError", "AssetReadError", "ChipIndexer", "Chipper", "Indexer", "InvalidIdentifierError",
-    "LandsatIndexer", "MaskAssetMissingError", "ModisIndexer", "NoDataMaskChipIndexer", "NoProjectionInfoError",
+    "LandsatIndexer", "MaskAssetMissingError", "ModisIndexer", "NoDataMaskChipIndexer", "NodataValueIndexer", "NoProjectionInfoError",
     "NoStatsChipIndexer", "Sentinel2Indexer", "StacSourceError", "StacchipError", "StorageError",
     "UnsupportedCRSError", "read_index", "write_index",
 ]

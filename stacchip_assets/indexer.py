@@ -320,6 +320,54 @@ class ModisIndexer(_AssetMaskIndexer):
         return stats.classify_modis_qc(mask)
 
 
+class NodataValueIndexer(_AssetMaskIndexer):
+    """Nodata from one asset's own nodata value (or NaN), cloud always 0: Sentinel-1 RTC, DEMs.
+
+    `nodata_asset` names the asset (default: `vv` if present, else the grid asset); the value is the
+    file's nodata tag, or `nodata_value` when the file has none.
+    """
+
+    mask_asset_keys = ("vv",)
+
+    def __init__(
+        self,
+        item: pystac.Item,
+        chip_size: int = 256,
+        chip_max_nodata: float = 0.5,
+        shape: Sequence[int] | None = None,
+        *,
+        nodata_asset: str | None = None,
+        nodata_value: float | None = None,
+        **grid_options,
+    ) -> None:
+        super().__init__(item, chip_size, chip_max_nodata, shape, **grid_options)
+        self.nodata_asset = nodata_asset
+        self.nodata_value = nodata_value
+
+    def _mask_asset_key(self) -> str:
+        key = self.nodata_asset or ("vv" if "vv" in self.item.assets else self.grid_asset_key)
+        if key is None or key not in self.item.assets:
+            raise MaskAssetMissingError(
+                f"no asset {key!r} to take nodata from; pass nodata_asset= (the item has {sorted(self.item.assets)})",
+                item_id=self.item.id,
+            )
+        return key
+
+    def _mask(self) -> tuple[Affine, np.ndarray]:
+        key = self._mask_asset_key()
+        with open_asset(asset_href(self.item, key), item_id=self.item.id, asset_key=key) as src:
+            check_asset_matches_metadata(self.item, key, src.shape, src.transform)
+            if self.nodata_value is None:
+                self.nodata_value = src.nodata
+            return src.transform, read_band(src, 1, item_id=self.item.id, asset_key=key)
+
+    def classify(self, mask: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        nodata = np.isnan(mask) if mask.dtype.kind == "f" else np.zeros(mask.shape, dtype=bool)
+        if self.nodata_value is not None and not np.isnan(self.nodata_value):
+            nodata |= mask == self.nodata_value
+        return None, nodata
+
+
 #: Indexer chosen by collection id when the item's collection is known (prefix match).
 INDEXER_BY_COLLECTION: dict[str, type[ChipIndexer]] = {
     "sentinel-2": Sentinel2Indexer,
@@ -327,12 +375,14 @@ INDEXER_BY_COLLECTION: dict[str, type[ChipIndexer]] = {
     "landsat": LandsatIndexer,
     "modis": ModisIndexer,
     "naip": NoStatsChipIndexer,
+    "sentinel-1": NodataValueIndexer,
 }
 
 INDEXERS: dict[str, type[ChipIndexer]] = {
     "sentinel-2": Sentinel2Indexer,
     "landsat": LandsatIndexer,
     "modis": ModisIndexer,
+    "nodata": NodataValueIndexer,
     "nostats": NoStatsChipIndexer,
 }
 
@@ -353,9 +403,10 @@ def indexer_class_for(item: pystac.Item) -> type[ChipIndexer]:
 
 
 def Indexer(item: pystac.Item, *args, kind: str | None = None, **kwargs) -> ChipIndexer:  # noqa: N802 (a factory named like the class it returns)
-    """The right indexer for an item: Sentinel-2 (scl), Landsat (qa_pixel), MODIS (QC) or no stats.
+    """The right indexer for an item: Sentinel-2 (scl), Landsat (qa_pixel), MODIS (QC), Sentinel-1
+    (the nodata value of vv) or no stats.
 
-    `kind` ("sentinel-2", "landsat", "modis", "nostats") forces a choice.
+    `kind` ("sentinel-2", "landsat", "modis", "nodata", "nostats") forces a choice.
     """
     if kind is not None:
         try:

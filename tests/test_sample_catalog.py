@@ -14,6 +14,7 @@ from stacchip_assets import (
     LandsatIndexer,
     ModisIndexer,
     NoDataMaskChipIndexer,
+    NodataValueIndexer,
     NoStatsChipIndexer,
     Sentinel2Indexer,
 )
@@ -47,6 +48,9 @@ def masks_at_grid(item: pystac.Item, indexer) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(indexer, LandsatIndexer):
         qa = read_asset(item, "qa_pixel")[0].astype(np.int64)
         return ((qa >> 1) & 1 | (qa >> 3) & 1 | (qa >> 4) & 1) == 1, (qa & 1) == 1
+    if isinstance(indexer, NodataValueIndexer):
+        vv = read_asset(item, "vv")[0]
+        return np.zeros(vv.shape, dtype=bool), vv == -32768.0
     if isinstance(indexer, ModisIndexer):
         qc = read_asset(item, "sur_refl_qc_500m")[0].astype(np.int64) % 4
         return qc == 2, qc == 3
@@ -59,7 +63,7 @@ EXPECTED_CLASS = {
     "landsat-c2-l2": LandsatIndexer,
     "modis-09a1-061": ModisIndexer,
     "naip": NoStatsChipIndexer,
-    "sentinel-1-rtc": NoStatsChipIndexer,
+    "sentinel-1-rtc": NodataValueIndexer,
 }
 ALL_ITEMS = [(collection, item_id) for collection, ids in SAMPLE_COLLECTIONS.items() for item_id in ids]
 

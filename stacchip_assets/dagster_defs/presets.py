@@ -68,14 +68,14 @@ presets:
       chip_max_nodata: 0.5
       assets: [red, green, blue, nir08, swir16, swir22]
   sentinel-1-rtc:
-    description: Sentinel-1 RTC gamma0 VV/VH (Planetary Computer keys); no cloud statistics
+    description: Sentinel-1 RTC gamma0 VV/VH (Planetary Computer keys); nodata from the vv nodata value, no clouds
     source_hint: https://planetarycomputer.microsoft.com/api/stac/v1
     collection: sentinel-1-rtc
     search:
       query: {"sar:instrument_mode": {"eq": "IW"}}
       max_items: 1000
     chips:
-      indexer: nostats
+      indexer: nodata
       chip_size: 256
       chip_max_nodata: 0.5
       assets: [vv, vh]
