@@ -161,7 +161,7 @@ class Chipper:
         """The open reader of one asset (opened on first use, then reused)."""
         reader = self._readers.get(key)
         if reader is None:
-            href = asset_href(self.indexer.item, key, self.mountpath)
+            href = asset_href(self.indexer.item, key, self.mountpath, policy=self.indexer.href_policy)
             reader = self._readers[key] = AssetChipReader(self.indexer, key, href)
         return reader
 

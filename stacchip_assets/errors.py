@@ -52,3 +52,7 @@ class StorageError(StacchipError):
 
 class StacSourceError(StacchipError):
     """A STAC API or static catalog could not be searched."""
+
+
+class HrefPolicyError(StacchipError):
+    """An asset href points somewhere the href policy does not allow (untrusted STAC metadata)."""

@@ -27,6 +27,7 @@ from . import stats
 from .errors import AssetGridError, MaskAssetMissingError, StacchipError, UnsupportedCRSError
 from .geoparquet import build_index_table, empty_index_table
 from .grid import WGS84, ChipGrid
+from .hrefs import HrefPolicy
 from .rio import open_asset, read_band
 from .stac import asset_href, check_asset_matches_metadata, chip_grid_source, item_crs, item_datetime
 
@@ -39,7 +40,8 @@ class ChipIndexer:
     `chip_size` px chips are laid on the item's highest-resolution raster asset (its own
     proj:shape/proj:transform, item fields applying to assets without them); `shape` (rows, cols)
     replaces the shape found in the item. Beyond stacchip: `stride` < chip_size gives overlapping
-    chips and `pad_edges` keeps the partial chips at the right and bottom edges.
+    chips, `pad_edges` keeps the partial chips at the right and bottom edges, and `href_policy`
+    refuses asset hrefs the item must not make us open (untrusted STAC metadata).
     """
 
     def __init__(
@@ -51,8 +53,10 @@ class ChipIndexer:
         *,
         stride: int | None = None,
         pad_edges: bool = False,
+        href_policy: HrefPolicy | None = None,
     ) -> None:
         self.item = item
+        self.href_policy = href_policy
         self.chip_size = int(chip_size)
         self.chip_max_nodata = float(chip_max_nodata)
         self._shape = None if shape is None else (int(shape[0]), int(shape[1]))
@@ -284,7 +288,7 @@ class _AssetMaskIndexer(_MaskStatsIndexer):
 
     def _mask(self) -> tuple[Affine, np.ndarray]:
         key = self._mask_asset_key()
-        href = asset_href(self.item, key)
+        href = asset_href(self.item, key, policy=self.href_policy)
         log.info("%s: reading mask asset %r at native resolution", self.item.id, key)
         with open_asset(href, item_id=self.item.id, asset_key=key) as src:
             check_asset_matches_metadata(self.item, key, src.shape, src.transform)
@@ -355,7 +359,7 @@ class NodataValueIndexer(_AssetMaskIndexer):
 
     def _mask(self) -> tuple[Affine, np.ndarray]:
         key = self._mask_asset_key()
-        with open_asset(asset_href(self.item, key), item_id=self.item.id, asset_key=key) as src:
+        with open_asset(asset_href(self.item, key, policy=self.href_policy), item_id=self.item.id, asset_key=key) as src:
             check_asset_matches_metadata(self.item, key, src.shape, src.transform)
             if self.nodata_value is None:
                 self.nodata_value = src.nodata

@@ -175,14 +175,20 @@ def item_datetime(item: pystac.Item) -> dt.datetime:
     return when.astimezone(dt.timezone.utc)
 
 
-def asset_href(item: pystac.Item, asset_key: str, mountpath: str | Path | None = None) -> str:
-    """Absolute href of an asset; with `mountpath`, the href's path mapped onto that local folder."""
+def asset_href(item: pystac.Item, asset_key: str, mountpath: str | Path | None = None, policy=None) -> str:
+    """Absolute href of an asset; with `mountpath`, the href's path mapped onto that local folder.
+
+    With a `policy` (:class:`stacchip_assets.hrefs.HrefPolicy`) the href is checked before anything
+    opens it (the item's own href, before any mountpath mapping).
+    """
     asset = item.assets[asset_key]
     href = asset.href
     if "://" not in href and not Path(href).is_absolute():
         # Relative to the item JSON. (An absolute local path is kept as it is: pystac would read
         # "/data/x.tif" under an s3:// item as "s3://bucket/data/x.tif".)
         href = asset.get_absolute_href() or href
+    if policy is not None:
+        policy.check(href, item_id=item.id, asset_key=asset_key)
     if mountpath is not None:
         path = urlparse(href, allow_fragments=False).path
         return str(Path(mountpath) / path.lstrip("/"))
