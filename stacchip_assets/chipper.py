@@ -155,10 +155,20 @@ class Chipper:
         self.asset_keys: list[str] = [k for k in keys if k not in set(self.asset_blacklist or [])]
         self._readers: dict[str, AssetChipReader] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
+
+    def _after_fork(self) -> None:
+        """In a forked child (DataLoader workers), drop the parent's handles and threads: GDAL
+        handles must not be shared across processes, and a copied thread pool has no threads."""
+        if self._pid != os.getpid():
+            self._readers = {}
+            self._pool = None
+            self._pid = os.getpid()
 
     # -- opening ----------------------------------------------------------------------------------
     def reader(self, key: str) -> AssetChipReader:
         """The open reader of one asset (opened on first use, then reused)."""
+        self._after_fork()
         reader = self._readers.get(key)
         if reader is None:
             href = asset_href(self.indexer.item, key, self.mountpath, policy=self.indexer.href_policy)
@@ -167,6 +177,7 @@ class Chipper:
 
     def close(self) -> None:
         """Close every open dataset."""
+        self._after_fork()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -200,6 +211,7 @@ class Chipper:
                 item_id=self.indexer.item.id,
             )
         col_offs, row_offs = grid.pixel_offsets(xs, ys)
+        self._after_fork()
         readers = [self.reader(key) for key in self.asset_keys]
         workers = min(len(readers), os.cpu_count() or 1)
         if workers <= 1:

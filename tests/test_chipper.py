@@ -203,3 +203,34 @@ def test_stac_transform_that_disagrees_with_the_cog_is_detected(scene):
     wrong_shape.assets["b20"].extra_fields["proj:shape"] = [351, 500]
     with pytest.raises(AssetGridError, match="proj:shape"):
         Chipper(NoStatsChipIndexer(wrong_shape), assets=["b20"]).chip(0, 0)
+
+
+def test_a_chipper_keeps_working_in_a_forked_child(scene):
+    """DataLoader workers fork with the parent's Chipper: the child must reopen, not hang."""
+    import multiprocessing
+
+    item, _ = scene
+    chipper = Chipper(NoStatsChipIndexer(item), assets=["b10", "b20"])
+    expected = chipper.chip(1, 1)  # opens datasets and the thread pool in the parent
+    _FORK_STATE["chipper"] = chipper
+    _FORK_STATE["parent_dataset"] = chipper.reader("b10").dataset
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_chip_in_child, args=(results, 1, 1))
+    child.start()
+    in_child, reopened = results.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert reopened, "the child must open its own GDAL handles, not use the parent's"
+    for key in expected:
+        np.testing.assert_array_equal(in_child[key], expected[key])
+    np.testing.assert_array_equal(chipper.chip(1, 1)["b10"], expected["b10"])  # the parent still works
+
+
+_FORK_STATE: dict = {}
+
+
+def _chip_in_child(results, x, y):
+    chipper = _FORK_STATE["chipper"]
+    pixels = chipper.chip(x, y)
+    results.put((pixels, chipper.reader("b10").dataset is not _FORK_STATE["parent_dataset"]))
