@@ -343,6 +343,29 @@ def apply_selection(items: list[pystac.Item], params: SearchParams) -> list[pyst
 # Sources
 # --------------------------------------------------------------------------------------------------
 
+def _explain(exc: BaseException | str) -> str:
+    """The cause of a failed STAC request, with what it means first (unreachable, timed out, HTTP status)."""
+    if isinstance(exc, str):
+        return exc
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    try:
+        import requests
+    except ImportError:  # pragma: no cover - pystac-client depends on requests
+        return str(exc)
+    if any(isinstance(e, requests.Timeout) for e in chain):
+        return f"the server did not answer in time ({exc})"
+    if any(isinstance(e, requests.ConnectionError) for e in chain):
+        return f"the server is not reachable (connection refused or dropped; is it running?): {exc}"
+    status = next((getattr(e, "status_code", None) for e in chain if getattr(e, "status_code", None)), None)
+    if status:
+        return f"the server answered HTTP {status}: {exc}"
+    return str(exc)
+
+
 class StacSource:
     """Common interface of the STAC API and static catalog sources."""
 
@@ -366,7 +389,7 @@ class StacSource:
         raise NotImplementedError
 
     def _error(self, what: str, exc: BaseException | str) -> StacSourceError:
-        return StacSourceError(f"{self.name}: {what}: {exc}")
+        return StacSourceError(f"{self.name}: {what}: {_explain(exc)}")
 
 
 def _after(items: Iterable[PolledItem], after: tuple[str, str] | None, limit: int) -> list[PolledItem]:

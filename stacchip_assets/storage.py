@@ -98,6 +98,33 @@ def s3_filesystem(
         raise StorageError(f"cannot set up S3 access (endpoint {endpoint_url or 'AWS default'}): {exc}") from exc
 
 
+_REFUSED_CODES = ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "ACCESS_DENIED", "ExpiredToken",
+                  "InvalidToken", "InvalidClientTokenId", "AuthorizationHeaderMalformed")
+
+
+def explain_s3_error(exc: BaseException, s3_options: dict[str, Any] | None = None) -> str:
+    """The cause of an S3 failure in words: when the server refused the credentials, say so and name the
+    access key and endpoint (never the secret, which is redacted should the cause contain it)."""
+    options = s3_options or {}
+    text = str(exc)
+    code = None
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = (response.get("Error") or {}).get("Code")
+    if code is None:
+        code = next((c for c in _REFUSED_CODES if c in text), None)
+    if code in _REFUSED_CODES:
+        key = options.get("aws_access_key_id")
+        endpoint = options.get("endpoint_url") or "the AWS default endpoint"
+        who = f"access key {key!r}" if key else "the credentials found in the environment"
+        text = (f"S3 refused the credentials ({code}) for {who} at {endpoint}: wrong access key or secret "
+                f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), or no permission. Cause: {text}")
+    for secret in (options.get("aws_secret_access_key"), options.get("aws_session_token")):
+        if secret:
+            text = text.replace(secret, "<secret>")
+    return text
+
+
 class Storage:
     """A storage base (local folder or ``s3://bucket/prefix``) with the stacchip layout.
 
@@ -162,6 +189,25 @@ class Storage:
     def __repr__(self) -> str:
         return f"Storage({self.base!r})"
 
+    def _error(self, what: str, exc: BaseException) -> StorageError:
+        """A StorageError for `what`, saying so when S3 refused the credentials; never shows a secret."""
+        return StorageError(f"{what}: {explain_s3_error(exc, self.s3_options)}")
+
+    def asset_access(self, **options: Any):
+        """How COG assets are read next to this base: an :class:`stacchip_assets.rio.AssetAccess` with
+        the same S3 endpoint, region and credentials (``options`` adds ``gdal_options``,
+        ``href_signer``, ``s3_unsigned``)."""
+        from .rio import AssetAccess
+
+        return AssetAccess(
+            s3_endpoint_url=self.s3_options.get("endpoint_url"),
+            s3_region=self.s3_options.get("region_name"),
+            access_key_id=self.s3_options.get("aws_access_key_id"),
+            secret_access_key=self.s3_options.get("aws_secret_access_key"),
+            session_token=self.s3_options.get("aws_session_token"),
+            **options,
+        )
+
     @property
     def is_local(self) -> bool:
         return self.scheme == "file"
@@ -218,7 +264,7 @@ class Storage:
             else:
                 self._put_object(path, data)
         except (OSError, pa.ArrowException) as exc:
-            raise StorageError(f"cannot write {self.uri(key)}: {exc}") from exc
+            raise self._error(f"cannot write {self.uri(key)}", exc) from exc
         return self.uri(key)
 
     def _put_object(self, path: str, data: bytes) -> None:
@@ -234,7 +280,7 @@ class Storage:
         try:
             self._s3_client.put_object(Bucket=bucket, Key=object_key, Body=data)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise StorageError(f"cannot write s3://{path}: {exc}") from exc
+            raise self._error(f"cannot write s3://{path}", exc) from exc
 
     def read_bytes(self, key: str) -> bytes:
         try:
@@ -243,7 +289,7 @@ class Storage:
         except FileNotFoundError as exc:
             raise StorageError(f"{self.uri(key)} does not exist") from exc
         except (OSError, pa.ArrowException) as exc:
-            raise StorageError(f"cannot read {self.uri(key)}: {exc}") from exc
+            raise self._error(f"cannot read {self.uri(key)}", exc) from exc
 
     def write_json(self, key: str, value: Any) -> str:
         return self.write_bytes(key, (json.dumps(value, indent=1, sort_keys=True, default=str) + "\n").encode())
@@ -259,7 +305,7 @@ class Storage:
         try:
             info = self.fs.get_file_info(self.path(key))
         except (OSError, pa.ArrowException) as exc:
-            raise StorageError(f"cannot stat {self.uri(key)}: {exc}") from exc
+            raise self._error(f"cannot stat {self.uri(key)}", exc) from exc
         if info.type != pafs.FileType.File:
             return None
         mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
@@ -278,7 +324,7 @@ class Storage:
         except (OSError, pa.ArrowException) as exc:
             if self.info(key) is None:
                 return False
-            raise StorageError(f"cannot delete {self.uri(key)}: {exc}") from exc
+            raise self._error(f"cannot delete {self.uri(key)}", exc) from exc
 
     def copy(self, src_key: str, dst_key: str) -> str:
         """Copy a stored file atomically (server-side on S3, temp file + rename locally)."""
@@ -287,7 +333,7 @@ class Storage:
         try:
             self.fs.copy_file(self.path(src_key), self.path(dst_key))
         except (OSError, pa.ArrowException) as exc:
-            raise StorageError(f"cannot copy {self.uri(src_key)} to {self.uri(dst_key)}: {exc}") from exc
+            raise self._error(f"cannot copy {self.uri(src_key)} to {self.uri(dst_key)}", exc) from exc
         return self.uri(dst_key)
 
     def list_files(self, prefix: str = "", suffix: str = "") -> Iterator[FileEntry]:
@@ -297,7 +343,7 @@ class Storage:
         try:
             infos = self.fs.get_file_info(selector)
         except (OSError, pa.ArrowException) as exc:
-            raise StorageError(f"cannot list {self.uri(prefix)}: {exc}") from exc
+            raise self._error(f"cannot list {self.uri(prefix)}", exc) from exc
         root = self.root.rstrip("/") + "/"
         for info in infos:
             if info.type != pafs.FileType.File or not info.path.endswith(suffix):
@@ -355,7 +401,7 @@ class Storage:
         try:
             return pq.read_table(self.path(key), filesystem=self.fs, columns=columns)
         except (OSError, pa.ArrowException) as exc:
-            raise StorageError(f"cannot read {self.uri(key)}: {exc}") from exc
+            raise self._error(f"cannot read {self.uri(key)}", exc) from exc
 
     def parquet_num_rows(self, key: str) -> int:
         """Row count from the Parquet footer only (no data pages read)."""
@@ -363,7 +409,7 @@ class Storage:
             with self.fs.open_input_file(self.path(key)) as src:
                 return pq.ParquetFile(src).metadata.num_rows
         except (OSError, pa.ArrowException) as exc:
-            raise StorageError(f"cannot read the footer of {self.uri(key)}: {exc}") from exc
+            raise self._error(f"cannot read the footer of {self.uri(key)}", exc) from exc
 
     def indexed_items(self) -> Iterator[tuple[str, str, FileEntry]]:
         """(collection, item_id, file) of every per-item index under ``{base}/index``."""

@@ -1,10 +1,103 @@
-"""Shared test configuration."""
+"""Shared test configuration, and session fixtures for the real servers the end-to-end tests use.
+
+Every server runs on 127.0.0.1 on a free port, in its own process group, started here and torn
+down at the end of the session (see tests/servers.py, tests/http_server.py). A test that needs a
+server the machine cannot run is skipped with the reason; `.ci/run` installs all of them, so CI
+skips nothing.
+"""
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
+import pytest
 from hypothesis import settings
 
 # CI explores the same examples on every run (a red CI must be reproducible); developers get fresh ones.
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+#: The collection the `dagster dev` code location is configured with (empty until a test posts items).
+DAGSTER_DEV_COLLECTION = "dev-sentinel-2-l2a"
+
+
+def require_servers(*kinds: str) -> None:
+    from .servers import servers_available
+
+    reason = servers_available(*kinds)
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def sample_catalog(tmp_path_factory) -> Path:
+    """catalog.json of the embedded sample catalog (generated once per session)."""
+    from .dagster_support import shared_sample
+
+    return shared_sample(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def cog_server(sample_catalog) -> str:
+    """Base URL of a Range-capable HTTP server over the sample catalog's folder (COGs over HTTP)."""
+    from .http_server import serve_directory
+
+    with serve_directory(str(sample_catalog.parent)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def stac_api():
+    """stac-fastapi-pgstac (transactions on) on a throwaway PostgreSQL + PostGIS cluster."""
+    require_servers("pgstac")
+    from .servers import pgstac_api
+
+    with pgstac_api() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """SeaweedFS `weed mini`, an S3 endpoint that checks SigV4 signatures."""
+    require_servers("s3")
+    from .servers import seaweedfs
+
+    folder = Path(tempfile.mkdtemp(prefix="stacchip-weed-"))
+    try:
+        with seaweedfs(folder / "data") as server:
+            yield server
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dagster_dev_server(tmp_path_factory, stac_api, cog_server, sample_catalog):
+    """`dagster dev` on the project's workspace.yaml, its code location pointed at the STAC API (one
+    empty collection, DAGSTER_DEV_COLLECTION) with the item sensor polling every 2 s."""
+    require_servers("dagster")
+    from .servers import dagster_dev
+    from .servers import collection_json
+
+    stac_api.create_collection(collection_json(sample_catalog, "sentinel-2-l2a", DAGSTER_DEV_COLLECTION))
+    home = tmp_path_factory.mktemp("dagster-dev-home")
+    collections = home / "collections.yaml"
+    collections.write_text(
+        "collections:\n"
+        f"  - preset: sentinel-2-l2a\n    collection: {DAGSTER_DEV_COLLECTION}\n"
+        "    search: {query: null, sortby: null, selection: all}\n"
+        "    chips: {assets: [blue, green, red, nir, rededge1, swir16]}\n"
+    )
+    env = {
+        "STACCHIP_STAC_API_URL": stac_api.url,
+        "STACCHIP_COLLECTIONS_FILE": str(collections),
+        "STACCHIP_STORAGE_BASE": str(home / "stacchip"),
+        "STACCHIP_SENSOR_INTERVAL_SECONDS": "2",
+    }
+    for name in ("STACCHIP_STAC_CATALOG", "STACCHIP_COLLECTIONS", "STACCHIP_S3_ENDPOINT_URL"):
+        env[name] = ""
+    with dagster_dev(PROJECT, home, env=env) as server:
+        yield server

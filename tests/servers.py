@@ -1,6 +1,7 @@
 """Real servers on 127.0.0.1 for tests: a STAC API (stac-fastapi-pgstac on a throwaway PostgreSQL
-with PostGIS) and S3-compatible object storage (SeaweedFS `weed mini`). Each runs in its own
-process group and is torn down with it. See ../shared/INFRA.md for how they were chosen."""
+with PostGIS), S3-compatible object storage (SeaweedFS `weed mini`) and `dagster dev` (webserver +
+daemon) on the project's workspace. Each runs in its own process group and is torn down with it.
+See ../shared/INFRA.md for how they were chosen; tests/conftest.py holds the session fixtures."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -72,11 +74,35 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 10.0) -> None
         process.wait(timeout=timeout)
 
 
-def servers_available() -> str | None:
-    """None if the STAC API and S3 servers can run here, else why not (for pytest.skip)."""
-    missing = [name for name in ("weed", "uvicorn", "pypgstac") if shutil.which(name) is None]
-    if not (PGBIN / "initdb").exists():
-        missing.append("postgresql-15 (apt)")
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+#: What each kind of server needs on the machine (all installed by .ci/run).
+_NEEDS = {
+    "pgstac": ("uvicorn", "pypgstac", "psql"),
+    "s3": ("weed",),
+    "dagster": ("dagster",),
+    "chromium": (),
+}
+
+
+def servers_available(*kinds: str) -> str | None:
+    """None if the servers of `kinds` ("pgstac", "s3", "dagster", "chromium"; default: pgstac and s3)
+    can run here, else why not (for pytest.skip)."""
+    kinds = kinds or ("pgstac", "s3")
+    missing: list[str] = []
+    for kind in kinds:
+        missing += [name for name in _NEEDS[kind] if shutil.which(name) is None and name not in missing]
+        if kind == "pgstac" and not (PGBIN / "initdb").exists():
+            missing.append("postgresql-15 + postgis (apt)")
+        if kind == "pgstac" and os.geteuid() == 0 and shutil.which("runuser") is None:
+            missing.append("runuser")
+        if kind == "chromium":
+            missing += [f"{p} (apt chromium chromium-driver)" for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+            try:
+                import selenium  # noqa: F401
+            except ImportError:
+                missing.append("selenium (pip)")
     return f"missing: {', '.join(missing)} (.ci/run installs them)" if missing else None
 
 
@@ -158,33 +184,250 @@ class StacApiServer:
         if self.process is not None:
             stop_process_group(self.process)
 
+    # -- the transactions extension, for tests that publish items while a sensor polls ----------
+    def _request(self, method: str, path: str, body: dict | None = None, ok=(200, 201)) -> dict:
+        import requests
+
+        response = requests.request(method, f"{self.url}{path}", json=body, timeout=30)
+        if response.status_code not in ok:
+            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:500]}")
+        return response.json() if response.content else {}
+
+    def create_collection(self, collection: dict) -> None:
+        self._request("POST", "/collections", collection)
+
+    def delete_collection(self, collection_id: str) -> None:
+        self._request("DELETE", f"/collections/{collection_id}", ok=(200, 204, 404))
+
+    def post_item(self, item: dict) -> None:
+        self._request("POST", f"/collections/{item['collection']}/items", item)
+
+    def put_item(self, item: dict) -> None:
+        self._request("PUT", f"/collections/{item['collection']}/items/{item['id']}", item)
+
+    def insert_item_in_database(self, item: dict) -> None:
+        """Write an item straight into pgstac (as a loader would while the API is down)."""
+        import json
+
+        import psycopg
+
+        with psycopg.connect(host=self.pg_env["PGHOST"], port=int(self.pg_env["PGPORT"]), user="postgres",
+                             password="unused", dbname="pgstac", options="-c search_path=pgstac,public") as conn:
+            conn.execute("select create_item(%s::jsonb)", [json.dumps(item)])
+
+
+def _as_cluster_owner(*args: str, env: dict | None = None) -> None:
+    """Run a PostgreSQL tool as the cluster's owner (`postgres` when we are root: initdb refuses root)."""
+    command = ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else list(args)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:1])} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
+
 
 @contextlib.contextmanager
-def pgstac_api(folder: Path) -> Iterator[StacApiServer]:
-    """stac-fastapi-pgstac with the transactions extension on a throwaway PostgreSQL cluster."""
+def pgstac_api(folder: Path | None = None) -> Iterator[StacApiServer]:
+    """stac-fastapi-pgstac with the transactions extension on a throwaway PostgreSQL cluster.
+
+    The cluster lives in a fresh private folder under the system temp dir (owned by `postgres` when
+    running as root: pytest's own temp folders are mode 0700 and root's, so `postgres` could not
+    enter them); `folder` (default: that folder) receives the API log. Both are removed afterwards
+    if they were created here.
+    """
+    cluster_dir = Path(tempfile.mkdtemp(prefix="stacchip-pgstac-"))
+    if os.geteuid() == 0:
+        shutil.chown(cluster_dir, "postgres", "postgres")
+    folder = Path(folder) if folder is not None else cluster_dir
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.chown(folder, "postgres", "postgres")
     pg_port = free_port()
-    data = folder / "data"
-
-    def as_postgres(*args: str) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True)
-
-    as_postgres(str(PGBIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
-    as_postgres(
-        str(PGBIN / "pg_ctl"), "-D", str(data), "-l", str(folder / "pg.log"), "-w", "start",
-        "-o", f"-p {pg_port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off",
-    )
-    pg_env = {"PGHOST": "127.0.0.1", "PGPORT": str(pg_port), "PGUSER": "postgres", "PGPASSWORD": "unused", "PGDATABASE": "pgstac"}
-    server = StacApiServer(url="", pg_env=pg_env, folder=folder, api_port=free_port())
-    server.url = f"http://127.0.0.1:{server.api_port}"
+    data = cluster_dir / "data"
+    started = False
     try:
+        _as_cluster_owner(str(PGBIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+        _as_cluster_owner(
+            str(PGBIN / "pg_ctl"), "-D", str(data), "-l", str(cluster_dir / "pg.log"), "-w", "start",
+            "-o", f"-p {pg_port} -k {cluster_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off",
+        )
+        started = True
+        pg_env = {"PGHOST": "127.0.0.1", "PGPORT": str(pg_port), "PGUSER": "postgres", "PGPASSWORD": "unused",
+                  "PGDATABASE": "pgstac"}
+        server = StacApiServer(url="", pg_env=pg_env, folder=folder, api_port=free_port())
+        server.url = f"http://127.0.0.1:{server.api_port}"
         env = dict(os.environ, **pg_env)
-        subprocess.run(["psql", "-d", "postgres", "-c", "create database pgstac"], env=env, check=True, capture_output=True)
-        subprocess.run(["pypgstac", "migrate"], env=env, check=True, capture_output=True)
+        for command in (["psql", "-d", "postgres", "-c", "create database pgstac"], ["pypgstac", "migrate"]):
+            result = subprocess.run(command, env=env, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip()}")
         server.start_api()
-        yield server
+        try:
+            yield server
+        finally:
+            server.stop_api()
     finally:
-        server.stop_api()
-        with contextlib.suppress(subprocess.CalledProcessError):
-            as_postgres(str(PGBIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        if started:
+            with contextlib.suppress(RuntimeError):
+                _as_cluster_owner(str(PGBIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(cluster_dir, ignore_errors=True)
+
+
+# -- dagster dev ------------------------------------------------------------------------------------
+
+@dataclass
+class DagsterDev:
+    url: str  # http://127.0.0.1:PORT
+    home: Path
+    port: int
+    log: Path
+    process: subprocess.Popen | None = field(default=None, repr=False)
+    location: str = "stacchip_assets"
+
+    def graphql(self, query: str, variables: dict | None = None, timeout: float = 30.0) -> dict:
+        import requests
+
+        response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=timeout)
+        response.raise_for_status()
+        data = response.json()
+        if data.get("errors"):
+            raise RuntimeError(f"GraphQL errors: {data['errors']}")
+        return data["data"]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def runs(self, tags: dict[str, str] | None = None) -> list[dict]:
+        """Runs (newest first) with these tags: runId, status, tags, jobName."""
+        data = self.graphql(
+            """query Runs($filter: RunsFilter) { runsOrError(filter: $filter) {
+                 __typename ... on Runs { results { runId status jobName tags { key value } } }
+                 ... on PythonError { message } } }""",
+            {"filter": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}},
+        )["runsOrError"]
+        if data["__typename"] != "Runs":
+            raise RuntimeError(f"runsOrError: {data}")
+        return [dict(r, tags={t["key"]: t["value"] for t in r["tags"]}) for r in data["results"]]
+
+    def wait_for_run(self, *, run_id: str | None = None, tags: dict[str, str] | None = None,
+                     timeout: float = 180.0) -> dict:
+        """Poll until a run (by id, or the first with these tags) succeeds; fail fast when it fails."""
+        deadline = time.monotonic() + timeout
+        seen: list[dict] = []
+        while time.monotonic() < deadline:
+            seen = [r for r in self.runs(tags) if run_id is None or r["runId"] == run_id]
+            for run in seen:
+                if run["status"] == "SUCCESS":
+                    return run
+            failed = [r for r in seen if r["status"] in ("FAILURE", "CANCELED")]
+            if failed and (run_id is not None or len(failed) == len(seen)):
+                raise RuntimeError(f"run {failed[0]['runId']} ended {failed[0]['status']}; dagster dev log:\n"
+                                   f"{self.log_text()[-4000:]}")
+            time.sleep(1.0)
+        raise TimeoutError(f"no successful run with {run_id or tags} within {timeout} s (seen: "
+                           f"{[(r['runId'], r['status']) for r in seen]}); log:\n{self.log_text()[-4000:]}")
+
+    def sensor_ticks(self, sensor: str = "stac_item_sensor", limit: int = 5) -> list[dict]:
+        data = self.graphql(
+            """query Ticks($selector: SensorSelector!, $limit: Int) { sensorOrError(sensorSelector: $selector) {
+                 __typename ... on Sensor { sensorState { status ticks(limit: $limit) { status error { message } runIds } } } } }""",
+            {"selector": {"repositoryLocationName": self.location, "repositoryName": "__repository__",
+                          "sensorName": sensor}, "limit": limit},
+        )["sensorOrError"]
+        return data.get("sensorState", {}).get("ticks", []) if data["__typename"] == "Sensor" else []
+
+    def launch_run(self, job: str, partition_key: str | None = None) -> str:
+        """Launch an asset job (one partition of it, if given) through GraphQL; returns the run id."""
+        data = self.graphql(
+            """mutation Launch($params: ExecutionParams!) { launchRun(executionParams: $params) {
+                 __typename ... on LaunchRunSuccess { run { runId } }
+                 ... on PythonError { message stack } ... on Error { message } } }""",
+            {"params": {
+                "selector": {"repositoryLocationName": self.location, "repositoryName": "__repository__", "jobName": job},
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition_key}] if partition_key else []},
+                "runConfigData": {},
+            }},
+        )["launchRun"]
+        if data["__typename"] != "LaunchRunSuccess":
+            raise RuntimeError(f"launchRun {job}[{partition_key}]: {data}")
+        return data["run"]["runId"]
+
+
+@contextlib.contextmanager
+def dagster_dev(project: Path, home: Path, env: dict[str, str] | None = None, timeout: float = 180.0) -> Iterator[DagsterDev]:
+    """`dagster dev` (webserver + daemon + code server) on the project's workspace.yaml, with a fresh
+    Dagster home holding the project's dagster.yaml; waits until the code location has loaded."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(project / "dagster.yaml", home / "dagster.yaml")
+    port = free_port()
+    server = DagsterDev(url=f"http://127.0.0.1:{port}", home=home, port=port, log=home / "dagster-dev.log")
+    full_env = dict(os.environ, DAGSTER_HOME=str(home), **(env or {}))
+    full_env.pop("DAGSTER_IS_DEV_CLI", None)
+    log = open(server.log, "wb")
+    server.process = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "dev", "-w", str(project / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port),
+         "--log-level", "warning"],
+        cwd=project, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_for_http(f"{server.url}/server_info", timeout=timeout, process=server.process)
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = server.graphql(
+                """{ workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus
+                     locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+            )["workspaceOrError"].get("locationEntries", [])
+            entry = next((e for e in entries if e["name"] == server.location), None)
+            if entry and entry["loadStatus"] == "LOADED":
+                if entry["locationOrLoadError"]["__typename"] == "PythonError":
+                    raise RuntimeError(f"code location failed to load: {entry['locationOrLoadError']['message']}")
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"code location not loaded within {timeout} s: {entries}")
+            time.sleep(0.5)
+        server.graphql("mutation { setNuxSeen }")  # no "join the community" dialog over the UI
+        yield server
+    except BaseException:
+        log.flush()
+        sys.stderr.write(f"dagster dev log ({server.log}):\n{server.log_text()[-4000:]}\n")
+        raise
+    finally:
+        stop_process_group(server.process, timeout=20)
+        log.close()
+
+
+# -- sample items published to the servers ----------------------------------------------------------
+
+def collection_json(catalog_json: Path, source_collection: str, new_id: str) -> dict:
+    """A sample collection's JSON under another id, ready to POST to a STAC API."""
+    import json
+
+    data = json.loads((Path(catalog_json).parent / source_collection / "collection.json").read_text())
+    data["id"], data["links"] = new_id, []
+    return data
+
+
+def item_json(catalog_json: Path, source_collection: str, item_id: str, collection: str, href_base: str,
+              updated: str | None = None, assets: list[str] | None = None) -> dict:
+    """A sample item's JSON for `collection`, its asset hrefs rebased from the local catalog folder
+    onto `href_base` (``http://127.0.0.1:PORT`` of the Range server, or ``s3://bucket/prefix``), with
+    `updated` set (a publisher sets it when it (re)publishes) and only `assets` kept (plus none else)."""
+    import json
+
+    root = Path(catalog_json).parent
+    path = root / source_collection / item_id / f"{item_id}.json"
+    data = json.loads(path.read_text())
+    for key in list(data["assets"]):
+        if assets is not None and key not in assets:
+            del data["assets"][key]
+            continue
+        local = (path.parent / data["assets"][key]["href"]).resolve()
+        data["assets"][key]["href"] = f"{href_base.rstrip('/')}/{local.relative_to(root.resolve()).as_posix()}"
+    data["collection"], data["links"] = collection, []
+    if updated is not None:
+        data["properties"]["updated"] = updated
+    return data
+
+
+def local_item(catalog_json: Path, source_collection: str, item_id: str):
+    """The sample item read from the local catalog (asset hrefs are local files)."""
+    import pystac
+
+    return pystac.Item.from_file(str(Path(catalog_json).parent / source_collection / item_id / f"{item_id}.json"))

@@ -166,13 +166,16 @@ def test_get_item_and_errors(catalog):
         open_source(api_url="http://x", catalog_path=catalog)
 
 
-# -- a real STAC API (stac-fastapi-pgstac with transactions), when one is given ---------------------
+# -- a real STAC API (stac-fastapi-pgstac with transactions) ---------------------------------------
+# The session's own server (tests/conftest.py), or another one with the transactions extension given
+# as STACCHIP_TEST_STAC_API_URL. The end-to-end tests of the sensor are in test_e2e_stac_api.py.
 
-API_URL = os.environ.get("STACCHIP_TEST_STAC_API_URL")
+@pytest.fixture()
+def api_url(request) -> str:
+    return os.environ.get("STACCHIP_TEST_STAC_API_URL") or request.getfixturevalue("stac_api").url
 
 
-@pytest.mark.skipif(not API_URL, reason="set STACCHIP_TEST_STAC_API_URL to a STAC API with the transactions extension")
-def test_sensor_against_a_stac_api(catalog, tmp_path):
+def test_sensor_against_a_stac_api(catalog, tmp_path, api_url):
     import uuid
 
     import requests
@@ -187,19 +190,19 @@ def test_sensor_against_a_stac_api(catalog, tmp_path):
         item.make_asset_hrefs_absolute()
         data = item.to_dict(include_self_link=False, transform_hrefs=False)
         data["links"], data["collection"] = [], collection
-        url = f"{API_URL}/collections/{collection}/items" + (f"/{item.id}" if method == "put" else "")
+        url = f"{api_url}/collections/{collection}/items" + (f"/{item.id}" if method == "put" else "")
         response = getattr(requests, method)(url, json=data, timeout=30)
         assert response.status_code in (200, 201), response.text
 
     s2 = pystac.Collection.from_file(str(catalog.parent / S2 / "collection.json"))
     coll = s2.to_dict(include_self_link=False, transform_hrefs=False)
     coll["id"], coll["links"] = collection, []
-    assert requests.post(f"{API_URL}/collections", json=coll, timeout=30).status_code in (200, 201)
+    assert requests.post(f"{api_url}/collections", json=coll, timeout=30).status_code in (200, 201)
     items = source.search(S2)
     for item in items:
         post(item)
     config = CollectionConfig(collection=collection, search=SearchParams(), chips=ChipSettings(indexer="sentinel-2"))
-    stac = StacSourceResource(api_url=API_URL, page_size=1, max_items_per_tick=2)
+    stac = StacSourceResource(api_url=api_url, page_size=1, max_items_per_tick=2)
     defs = build_definitions([config], resources={"stac_source": stac})
     sensor = next(s for s in defs.sensors if s.name == "stac_item_sensor")
     with dg.instance_for_test() as instance:
@@ -226,4 +229,4 @@ def test_sensor_against_a_stac_api(catalog, tmp_path):
                                 resources={"stac_source": stac, "storage": StorageResource(base=str(tmp_path / "base")),
                                            "chip_settings": ChipSettingsResource()})
         assert result.success
-    requests.delete(f"{API_URL}/collections/{collection}", timeout=30)
+    requests.delete(f"{api_url}/collections/{collection}", timeout=30)

@@ -143,6 +143,8 @@ def _failure(exc: StacchipError, what: str) -> Failure:
         and re.search(r"timed? ?out|HTTP response code: (5\d\d|429)|Connection|curl error|Too Many Requests", text, re.I)
         is not None
     )
+    if re.search(r"refused the credentials|access refused", text):
+        transient = False  # wrong credentials stay wrong: fail at once, do not retry
     return Failure(description=f"{what}: {type(exc).__name__}: {text}", metadata={"error": text},
                    allow_retries=transient)
 
@@ -240,7 +242,8 @@ def build_assets(collections: list[CollectionConfig]):
         settings = chip_settings.for_collection(config)
         try:
             item = stac_source.source().get_item(collection, item_id)
-            result = index_item(item, storage.storage(), settings, collection=collection)
+            with storage.gdal_env():  # GDAL settings, S3 endpoint/credentials and href signer of the resource
+                result = index_item(item, storage.storage(), settings, collection=collection)
         except StacchipError as exc:
             raise _failure(exc, f"indexing {collection}/{item_id}") from exc
         context.log.info("%s: %d chips kept, %d dropped", context.partition_key, result.chips_kept, result.chips_dropped)

@@ -12,19 +12,28 @@ STACCHIP_STORAGE_BASE           local folder or s3://bucket/prefix (default $DAG
 STACCHIP_S3_ENDPOINT_URL        S3-compatible endpoint, e.g. http://127.0.0.1:9000
 STACCHIP_S3_REGION              region
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY   credentials (otherwise the usual AWS chain)
+AWS_SESSION_TOKEN               session token of temporary credentials
+STACCHIP_GDAL_OPTIONS           JSON object of extra GDAL options for reading COGs, e.g.
+                                {"AWS_NO_SIGN_REQUEST": "YES"} or {"GDAL_HTTP_MAX_RETRY": "5"}
+STACCHIP_HREF_SIGNER            "module:function" signing asset hrefs, e.g. planetary_computer:sign
+STACCHIP_SENSOR_INTERVAL_SECONDS  seconds between STAC polls of the item sensor (default 60)
 STACCHIP_CHIP_SIZE              chip size for every collection (default: the preset's)
 STACCHIP_CHIP_MAX_NODATA        max nodata fraction for every collection (default: the preset's)
 ==============================  =============================================================
 """
 
 
+import contextlib
+import json
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
+from ..errors import StacchipError
 from ..pipeline import ChipSettings
+from ..rio import AssetAccess, gdal_env
 from ..stac_source import StacSource, open_source
 from ..storage import Storage, default_base
 from .presets import CollectionConfig
@@ -52,13 +61,25 @@ class StacSourceResource(ConfigurableResource):
 
 
 class StorageResource(ConfigurableResource):
-    """The storage base: a local folder (default `$DAGSTER_HOME/stacchip`) or `s3://bucket/prefix`."""
+    """The storage base, a local folder (default `$DAGSTER_HOME/stacchip`) or `s3://bucket/prefix`, and
+    how COG assets are read: the same S3 endpoint and credentials, GDAL's network settings and an
+    optional href signer, applied around indexing and chipping with :meth:`gdal_env`."""
 
     base: Optional[str] = Field(default=None, description="local folder or s3://bucket/prefix")
-    s3_endpoint_url: Optional[str] = Field(default=None, description="S3-compatible endpoint URL")
+    s3_endpoint_url: Optional[str] = Field(default=None, description="S3-compatible endpoint URL (storage and s3:// assets)")
     s3_region: Optional[str] = None
     s3_access_key_id: Optional[str] = None
     s3_secret_access_key: Optional[str] = None
+    s3_session_token: Optional[str] = None
+    gdal_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra GDAL configuration options for reading COG assets (override the defaults of "
+        "stacchip_assets.rio.DEFAULT_GDAL_OPTIONS), e.g. {'AWS_NO_SIGN_REQUEST': 'YES'}",
+    )
+    href_signer: Optional[str] = Field(
+        default=None, description="'module:function' applied to every asset href before it is opened, "
+        "e.g. 'planetary_computer:sign' (pip install planetary-computer)",
+    )
 
     def storage(self) -> Storage:
         return Storage.from_uri(
@@ -67,7 +88,26 @@ class StorageResource(ConfigurableResource):
             region=self.s3_region,
             access_key_id=self.s3_access_key_id,
             secret_access_key=self.s3_secret_access_key,
+            session_token=self.s3_session_token,
         )
+
+    def asset_access(self) -> AssetAccess:
+        """How asset hrefs are reached (GDAL options, S3 endpoint and credentials, signer)."""
+        return AssetAccess(
+            s3_endpoint_url=self.s3_endpoint_url,
+            s3_region=self.s3_region,
+            access_key_id=self.s3_access_key_id,
+            secret_access_key=self.s3_secret_access_key,
+            session_token=self.s3_session_token,
+            gdal_options=dict(self.gdal_options),
+            href_signer=self.href_signer,
+        )
+
+    @contextlib.contextmanager
+    def gdal_env(self) -> Iterator[AssetAccess]:
+        """Everything opened and read inside uses this resource's GDAL settings, credentials and signer."""
+        with gdal_env(self.asset_access()) as access:
+            yield access
 
 
 class ChipSettingsResource(ConfigurableResource):
@@ -98,6 +138,14 @@ def _env(name: str, kind: str = "str"):
     """EnvVar(name) if the variable is set (resolved at run time, hidden in the UI), else None."""
     if not os.environ.get(name):
         return None
+    if kind == "json":
+        try:
+            value = json.loads(os.environ[name])
+        except ValueError as exc:
+            raise StacchipError(f"{name} must be a JSON object: {exc}") from exc
+        if not isinstance(value, dict):
+            raise StacchipError(f"{name} must be a JSON object, got {type(value).__name__}")
+        return {str(k): str(v) for k, v in value.items()}
     return {"str": EnvVar, "int": EnvVar.int}.get(kind, EnvVar)(name) if kind != "float" else float(os.environ[name])
 
 
@@ -118,6 +166,9 @@ def default_resources() -> dict[str, ConfigurableResource]:
             s3_region=_env("STACCHIP_S3_REGION"),
             s3_access_key_id=_env("AWS_ACCESS_KEY_ID"),
             s3_secret_access_key=_env("AWS_SECRET_ACCESS_KEY"),
+            s3_session_token=_env("AWS_SESSION_TOKEN"),
+            gdal_options=_env("STACCHIP_GDAL_OPTIONS", "json"),
+            href_signer=_env("STACCHIP_HREF_SIGNER"),
         )),
         "chip_settings": ChipSettingsResource(**given(
             chip_size=_env("STACCHIP_CHIP_SIZE", "int"),

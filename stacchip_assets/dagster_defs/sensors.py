@@ -13,6 +13,7 @@ here so it runs by default (Dagster's own automation sensor is stopped by defaul
 
 
 import json
+import os
 import time
 from typing import Any
 
@@ -35,6 +36,18 @@ from .resources import StacSourceResource
 CURSOR_VERSION = 1
 #: Stop polling further collections after this long (a tick times out after 60 s).
 TICK_BUDGET_SECONDS = 40.0
+#: Seconds between two polls of the STAC sources (environment variable, default 60).
+SENSOR_INTERVAL_ENV = "STACCHIP_SENSOR_INTERVAL_SECONDS"
+
+
+def sensor_interval_seconds() -> int:
+    value = os.environ.get(SENSOR_INTERVAL_ENV, "").strip()
+    try:
+        return max(1, int(value)) if value else 60
+    except ValueError as exc:
+        raise StacchipError(f"{SENSOR_INTERVAL_ENV} must be a whole number of seconds, got {value!r}") from exc
+
+
 #: Run tag that the run queue's concurrency limit for combined-index runs matches.
 COMBINE_TAG = {"stacchip/role": "combine"}
 
@@ -89,7 +102,7 @@ def build_sensors(collections: list[CollectionConfig], chip_index_job):
     @sensor(
         name="stac_item_sensor",
         job=chip_index_job,
-        minimum_interval_seconds=60,
+        minimum_interval_seconds=sensor_interval_seconds(),
         default_status=DefaultSensorStatus.RUNNING,
         description="Polls each configured collection for items updated after the cursor; adds their "
         "chip_index partitions and requests one run per item version.",
