@@ -16,6 +16,7 @@ from .errors import (
     UnsupportedCRSError,
 )
 from .geoparquet import read_index, write_index
+from .query import query_chips, query_chips_gdf
 from .indexer import (
     ChipIndexer,
     Indexer,
@@ -33,5 +34,5 @@ __all__ = [
     "AssetGridError", "AssetReadError", "ChipIndexer", "Chipper", "Indexer", "InvalidIdentifierError",
     "LandsatIndexer", "MaskAssetMissingError", "ModisIndexer", "NoDataMaskChipIndexer", "NodataValueIndexer", "NoProjectionInfoError",
     "NoStatsChipIndexer", "Sentinel2Indexer", "StacSourceError", "StacchipError", "StorageError",
-    "UnsupportedCRSError", "read_index", "write_index",
+    "UnsupportedCRSError", "query_chips", "query_chips_gdf", "read_index", "write_index",
 ]

@@ -16,6 +16,11 @@ The folder is readable as one table as it is: ``geopandas.read_parquet(folder)``
 ``collection`` column, and ``collection=...`` folders make pyarrow's ParquetDataset (which geopandas
 uses) fail with a type clash between the two. A collection id containing ``=`` is stored as ``%3D``.
 
+At scale (100k items, 10M chips) a query should not open every item's footer: the optional compacted
+tier of :mod:`stacchip_assets.compaction` (sorted runs under ``combined/_lsm/``, hidden from the
+plain-folder readers above) serves :mod:`stacchip_assets.query`. Once it is enabled, the updates here
+register the items they touch in its manifest; without it they do exactly what they did before.
+
 Which items changed is decided by the caller (the Dagster asset reads it from the event log, O(changes));
 :func:`plan_sync` finds them without Dagster by comparing modification times of the two folders
 (a listing, no file reads).
@@ -23,8 +28,9 @@ Which items changed is decided by the caller (the Dagster asset reads it from th
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -74,6 +80,30 @@ class CombinedIndex:
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        self._registering = False
+
+    @contextlib.contextmanager
+    def _registered(self, items: list[tuple[str, str]]) -> Iterator[list[CombineReport]]:
+        """Once the compacted tier is enabled (``combined/_lsm/manifest.json`` exists, see
+        :mod:`stacchip_assets.compaction`), record the items an update touches as pending there:
+        before the copies and after them. Without a manifest this does nothing (one stat)."""
+        reports: list[CombineReport] = []
+        if self._registering or not items:
+            yield reports
+            return
+        from .compaction import DeltaLog  # late: compaction imports this module
+
+        log = DeltaLog.if_enabled(self.storage)
+        if log is None:
+            yield reports
+            return
+        log.begin(items)
+        self._registering = True
+        try:
+            yield reports
+        finally:
+            self._registering = False
+            log.commit(items, reports)
 
     @property
     def uri(self) -> str:
@@ -102,38 +132,45 @@ class CombinedIndex:
         report = report if report is not None else CombineReport()
         src = Storage.index_key(collection, item_id)
         dst = combined_key(collection, item_id)
-        before = self._before(dst, (collection, item_id), report)
-        if not self.storage.exists(src):
-            if self.storage.delete(dst):
-                report.removed.append((collection, item_id))
-                report.rows_removed += before
-            report.missing_sources.append((collection, item_id))
-            report.rows_by_item[(collection, item_id)] = 0
-            return report
-        self.storage.copy(src, dst)
-        after = self.storage.parquet_num_rows(dst)
-        report.upserted.append((collection, item_id))
-        report.rows_added += after
-        report.rows_removed += before
-        report.rows_by_item[(collection, item_id)] = after
+        with self._registered([(collection, item_id)]) as reports:
+            reports.append(report)
+            before = self._before(dst, (collection, item_id), report)
+            if not self.storage.exists(src):
+                if self.storage.delete(dst):
+                    report.removed.append((collection, item_id))
+                    report.rows_removed += before
+                report.missing_sources.append((collection, item_id))
+                report.rows_by_item[(collection, item_id)] = 0
+                return report
+            self.storage.copy(src, dst)
+            after = self.storage.parquet_num_rows(dst)
+            report.upserted.append((collection, item_id))
+            report.rows_added += after
+            report.rows_removed += before
+            report.rows_by_item[(collection, item_id)] = after
         return report
 
     def remove(self, collection: str, item_id: str, report: CombineReport | None = None) -> CombineReport:
         """Remove one item's rows."""
         report = report if report is not None else CombineReport()
         dst = combined_key(collection, item_id)
-        before = self._before(dst, (collection, item_id), report)
-        if self.storage.delete(dst):
-            report.removed.append((collection, item_id))
-            report.rows_removed += before
-        report.rows_by_item[(collection, item_id)] = 0
+        with self._registered([(collection, item_id)]) as reports:
+            reports.append(report)
+            before = self._before(dst, (collection, item_id), report)
+            if self.storage.delete(dst):
+                report.removed.append((collection, item_id))
+                report.rows_removed += before
+            report.rows_by_item[(collection, item_id)] = 0
         return report
 
     def update(self, items: Iterable[tuple[str, str]]) -> CombineReport:
         """Bring the given items up to date (upsert each; items without a per-item index are removed)."""
         report = CombineReport()
-        for collection, item_id in dict.fromkeys(items):  # de-duplicated, order kept
-            self.upsert(collection, item_id, report)
+        keys = list(dict.fromkeys(items))  # de-duplicated, order kept
+        with self._registered(keys) as reports:
+            reports.append(report)
+            for collection, item_id in keys:
+                self.upsert(collection, item_id, report)
         return report
 
     def plan_sync(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -148,9 +185,11 @@ class CombinedIndex:
     def sync(self) -> CombineReport:
         """Update every item whose per-item index changed and drop items whose index is gone."""
         changed, orphans = self.plan_sync()
-        report = self.update(changed)
-        for collection, item_id in orphans:
-            self.remove(collection, item_id, report)
+        with self._registered(changed + orphans) as reports:
+            report = self.update(changed)
+            reports.append(report)
+            for collection, item_id in orphans:
+                self.remove(collection, item_id, report)
         return report
 
     # -- reading ---------------------------------------------------------------------------------
