@@ -24,6 +24,7 @@ from .checks import combined_index_checks
 from .presets import CollectionConfig, load_collections
 from .resources import ChipSettingsResource, StacSourceResource, StorageResource, default_resources
 from .sensors import COMBINE_TAG, build_sensors
+from .training import build_training_assets, default_dask_resource
 
 
 def build_definitions(
@@ -45,13 +46,19 @@ def build_definitions(
         "combined_index_job", selection=AssetSelection.assets(combined_index), executor_def=in_process_executor,
         tags=COMBINE_TAG, description="Bring the combined index up to date and run its checks.",
     )
+    training_set, band_statistics = build_training_assets(collections)
+    training_job = define_asset_job(
+        "training_job", selection=AssetSelection.assets(training_set, band_statistics), executor_def=in_process_executor,
+        description="Write a training set from the combined index, then its band statistics.",
+    )
     stac_item_sensor, combined_index_automation = build_sensors(collections, chip_index_job)
     all_resources: dict[str, Any] = default_resources()
+    all_resources.setdefault("dask", default_dask_resource())
     all_resources.update(resources or {})
     return Definitions(
-        assets=[stac_items, chip_index, combined_index],
+        assets=[stac_items, chip_index, combined_index, training_set, band_statistics],
         asset_checks=combined_index_checks,
-        jobs=[stac_items_job, chip_index_job, combined_index_job],
+        jobs=[stac_items_job, chip_index_job, combined_index_job, training_job],
         sensors=[stac_item_sensor, combined_index_automation],
         resources=all_resources,
         executor=in_process_executor,
