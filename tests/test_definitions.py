@@ -29,7 +29,10 @@ def defs() -> dg.Definitions:
 
 def test_assets_and_partitions(defs):
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"stac_items", "chip_index", "combined_index"}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
+        "stac_items", "chip_index", "combined_index", "training_set", "band_statistics"}
+    assert graph.get(dg.AssetKey("training_set")).parent_keys == {dg.AssetKey("combined_index")}
+    assert graph.get(dg.AssetKey("band_statistics")).parent_keys == {dg.AssetKey("training_set")}
     stac_items = defs.resolve_assets_def("stac_items")
     assert isinstance(stac_items.partitions_def, dg.StaticPartitionsDefinition)
     assert stac_items.partitions_def.get_partition_keys() == list(SAMPLE_COLLECTIONS)
@@ -69,7 +72,7 @@ def test_sensors_and_jobs(defs):
     assert set(sensors) == {"stac_item_sensor", "combined_index_automation"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
     assert isinstance(sensors["combined_index_automation"], dg.AutomationConditionSensorDefinition)
-    assert {j.name for j in defs.resolve_all_job_defs()} >= {"stac_items_job", "chip_index_job", "combined_index_job"}
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"stac_items_job", "chip_index_job", "combined_index_job", "training_job"}
     for name in ("stac_items_job", "chip_index_job", "combined_index_job"):
         assert defs.resolve_job_def(name).executor_def.name == "in_process"
     assert defs.resolve_job_def("chip_index_job").partitions_def.name == ITEM_PARTITIONS_NAME
