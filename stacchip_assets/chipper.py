@@ -115,13 +115,16 @@ class AssetChipReader:
             padded[:, cr0 - r0 : cr1 - r0, cc0 - c0 : cc1 - c0] = data
             data = padded
         local_rows = row_idx - r0
-        contiguous_rows = bool(np.all(np.diff(local_rows) == 1))
+        if bool(np.all(np.diff(local_rows) == 1)):
+            rows = data[:, local_rows[0] : local_rows[-1] + 1]
+        else:  # a coarser asset: pick its rows once for the whole run
+            rows = np.take(data, local_rows, axis=1)
         for slot, cols in zip(members, col_idx):
             local_cols = cols - c0
-            if contiguous_rows and local_cols[-1] - local_cols[0] == self.chip_size - 1:
-                out[slot] = data[:, local_rows[0] : local_rows[-1] + 1, local_cols[0] : local_cols[-1] + 1]
+            if local_cols[-1] - local_cols[0] == self.chip_size - 1:  # contiguous columns
+                out[slot] = rows[:, :, local_cols[0] : local_cols[-1] + 1]
             else:
-                out[slot] = data[:, local_rows[:, None], local_cols[None, :]]
+                np.take(rows, local_cols, axis=2, out=out[slot])
 
     def close(self) -> None:
         self.dataset.close()
