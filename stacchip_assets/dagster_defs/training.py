@@ -6,9 +6,10 @@ metadata. Outputs go to `{base}/training/{name}/` (a local or shared folder the 
 """
 
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 from dagster import (
     AssetExecutionContext,
@@ -46,8 +47,14 @@ class DaskResource(ConfigurableResource):
     scheduler_address: Optional[str] = Field(default=None, description="an existing Dask scheduler")
     n_workers: int = Field(default=2, description="worker processes of the LocalCluster")
 
-    def client(self):
-        return dask_client(self.scheduler_address, n_workers=self.n_workers)
+    @contextlib.contextmanager
+    def client(self) -> Iterator[Any]:
+        """A `distributed.Client` for the duration of the block, or None when disabled."""
+        if not self.enabled:
+            yield None
+            return
+        with dask_client(self.scheduler_address, n_workers=self.n_workers) as client:
+            yield client
 
 
 def default_dask_resource() -> DaskResource:
@@ -119,12 +126,9 @@ def build_training_assets(collections: list[CollectionConfig]):
                 "training set %r: %d of %d chips selected, writing %s shards of %d to %s",
                 config.name, selection.num_rows, index.num_rows, core.format, core.shard_size, out_dir,
             )
-            if dask.enabled:
-                with dask.client() as client:
-                    context.log.info("extracting on Dask: %s", client.dashboard_link)
-                    manifest = write_training_set(selection, core, out_dir, client=client, overwrite=True)
-            else:
-                manifest = write_training_set(selection, core, out_dir, overwrite=True)
+            with dask.client() as client:
+                context.log.info("extracting %s", f"on Dask ({client.dashboard_link})" if client else "in this process")
+                manifest = write_training_set(selection, core, out_dir, client=client, overwrite=True)
         info = json.loads((out_dir / "training_set.json").read_text())
         per_collection = info["collections"]
         summary = "\n".join(
@@ -166,11 +170,8 @@ def build_training_assets(collections: list[CollectionConfig]):
                     f"the combined index holds {selection.num_rows} of the training set's {manifest.num_rows} chips; "
                     "re-materialize training_set"
                 )
-            if dask.enabled:
-                with dask.client() as client:
-                    records = band_statistics(selection, core, client)
-            else:
-                records = band_statistics(selection, core)
+            with dask.client() as client:
+                records = band_statistics(selection, core, client)
         json_path = write_band_statistics_json(records, out_dir / "band_statistics.json")
         write_band_statistics_parquet(records, out_dir / "band_statistics.parquet")
         context.log.info("band statistics of %d bands written to %s", len(records), json_path)
