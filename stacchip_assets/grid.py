@@ -116,9 +116,10 @@ class ChipGrid:
                 (cx.min(axis=1) - tolerance <= px) & (px <= cx.max(axis=1) + tolerance)
                 & (cy.min(axis=1) - tolerance <= py) & (py <= cy.max(axis=1) + tolerance),
             )
-            for pole_lat, (px, py) in self._poles()
+            for pole_lat, (px, py) in self._poles
         ]
 
+    @cached_property
     def _poles(self) -> list[tuple[float, tuple[float, float]]]:
         """The poles in the grid CRS (projected CRSs only; in lon/lat a pole is just an edge)."""
         if self.crs.is_geographic:

@@ -26,7 +26,7 @@ from shapely.geometry.base import BaseGeometry
 from . import stats
 from .errors import AssetGridError, MaskAssetMissingError, StacchipError, UnsupportedCRSError
 from .geoparquet import build_index_table, empty_index_table
-from .grid import WGS84, ChipGrid
+from .grid import ChipGrid
 from .hrefs import HrefPolicy
 from .rio import open_asset, read_band
 from .stac import asset_href, check_asset_matches_metadata, chip_grid_source, item_crs, item_datetime
@@ -116,7 +116,7 @@ class ChipIndexer:
     def setup_projector(self) -> None:
         """Prepare the transformation of geometries from the grid CRS to WGS84 lon/lat."""
         try:
-            self._transformer = pyproj.Transformer.from_crs(self._pyproj_crs, WGS84, always_xy=True)
+            self._transformer = self.grid._to_wgs84  # one transformer, shared with the footprints
         except pyproj.exceptions.ProjError as exc:
             raise UnsupportedCRSError(f"no transformation to WGS84: {exc}", item_id=self.item.id) from exc
 
