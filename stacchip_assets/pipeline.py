@@ -20,6 +20,7 @@ import pystac
 import shapely
 
 from .errors import StacchipError
+from .hrefs import HrefPolicy
 from .indexer import INDEXERS, ChipIndexer, Indexer, indexer_class_for
 from .quicklook import DEFAULT_SIZE, render_quicklook
 from .stac_source import item_updated
@@ -219,10 +220,12 @@ def index_item(
     *,
     collection: str | None = None,
     quicklook_size: tuple[int, int] = DEFAULT_SIZE,
+    href_policy: HrefPolicy | None = None,
 ) -> ItemIndexResult:
     """Index one item and store item JSON, index and quicklook under `storage`.
 
     All pixel reads happen before the first write: a failure leaves the stored files untouched.
+    `href_policy` refuses asset hrefs the (untrusted) item must not make us open.
     """
     collection = collection or item.collection_id
     if not collection:
@@ -232,7 +235,7 @@ def index_item(
     stored = prune_assets(item, settings.assets, settings.indexer)
     indexer = Indexer(
         stored, chip_size=settings.chip_size, chip_max_nodata=settings.chip_max_nodata, kind=settings.indexer,
-        stride=settings.stride, pad_edges=settings.pad_edges,
+        stride=settings.stride, pad_edges=settings.pad_edges, href_policy=href_policy,
     )
     item_uri = storage.uri(storage.item_key(collection, item.id))
     table = indexer.create_index(item_href=item_uri)

@@ -91,3 +91,36 @@ def test_indexer_and_chipper_check_hrefs_before_gdal_sees_them(tmp_path):
     item.assets["red"].href = "/etc/hostname"
     with pytest.raises(HrefPolicyError, match=r"'red'.*outside the allowed folders"):
         Chipper(Indexer(item, href_policy=allowed), assets=["red"]).chip(0, 0)
+
+
+def test_a_chip_index_run_refuses_an_item_pointing_outside_the_catalog(tmp_path, tmp_path_factory):
+    """The code location's policy (default: http, https, s3 and the static catalog's folder)."""
+    import json
+
+    import dagster as dg
+
+    from stacchip_assets.sample_data import SAMPLE_COLLECTIONS
+
+    from .dagster_support import Graph, copy_catalog, item_json_path, shared_sample
+
+    catalog = copy_catalog(shared_sample(tmp_path_factory), tmp_path / "catalog")
+    collection = "landsat-c2-l2"  # its index reads the qa_pixel mask
+    (item_id,) = SAMPLE_COLLECTIONS[collection]
+    path = item_json_path(catalog, collection, item_id)
+    outside = tmp_path / "outside.tif"
+    outside.write_bytes((path.parent / "qa_pixel.tif").read_bytes())  # a real COG, but outside the catalog
+    data = json.loads(path.read_text())
+    data["assets"]["qa_pixel"]["href"] = str(outside)
+    path.write_text(json.dumps(data))
+    with dg.instance_for_test() as instance:
+        graph = Graph(catalog, tmp_path / "base", instance)
+        graph.add_partitions([f"{collection}/{item_id}"])
+        result = graph.index(f"{collection}/{item_id}", raise_on_error=False)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        message = str(failure.event_specific_data.error)
+        assert "refused" in message and "outside the allowed folders" in message and "'qa_pixel'" in message
+        other = "sentinel-2-l2a"
+        other_id = SAMPLE_COLLECTIONS[other][0]
+        graph.add_partitions([f"{other}/{other_id}"])
+        assert graph.index(f"{other}/{other_id}").success  # items inside the catalog are indexed

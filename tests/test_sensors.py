@@ -202,7 +202,8 @@ def test_sensor_against_a_stac_api(catalog, tmp_path, api_url):
     for item in items:
         post(item)
     config = CollectionConfig(collection=collection, search=SearchParams(), chips=ChipSettings(indexer="sentinel-2"))
-    stac = StacSourceResource(api_url=api_url, page_size=1, max_items_per_tick=2)
+    # the posted items name local COGs: allow their folder (an API source allows no local files by default)
+    stac = StacSourceResource(api_url=api_url, page_size=1, max_items_per_tick=2, allowed_local_roots=[str(catalog.parent)])
     defs = build_definitions([config], resources={"stac_source": stac})
     sensor = next(s for s in defs.sensors if s.name == "stac_item_sensor")
     with dg.instance_for_test() as instance:

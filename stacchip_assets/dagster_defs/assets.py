@@ -243,7 +243,8 @@ def build_assets(collections: list[CollectionConfig]):
         try:
             item = stac_source.source().get_item(collection, item_id)
             with storage.gdal_env():  # GDAL settings, S3 endpoint/credentials and href signer of the resource
-                result = index_item(item, storage.storage(), settings, collection=collection)
+                result = index_item(item, storage.storage(), settings, collection=collection,
+                                    href_policy=stac_source.href_policy())
         except StacchipError as exc:
             raise _failure(exc, f"indexing {collection}/{item_id}") from exc
         context.log.info("%s: %d chips kept, %d dropped", context.partition_key, result.chips_kept, result.chips_dropped)

@@ -26,14 +26,17 @@ STACCHIP_CHIP_MAX_NODATA        max nodata fraction for every collection (defaul
 import contextlib
 import json
 import os
+from pathlib import Path
 from typing import Iterator, Optional
 
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
 from ..errors import StacchipError
+from ..hrefs import HrefPolicy
 from ..pipeline import ChipSettings
 from ..rio import AssetAccess, gdal_env
+from ..sample_data import ensure_sample_catalog
 from ..stac_source import StacSource, open_source
 from ..storage import Storage, default_base
 from .presets import CollectionConfig
@@ -48,6 +51,24 @@ class StacSourceResource(ConfigurableResource):
     page_size: int = Field(default=100, description="items per page of an API search")
     timeout_seconds: float = Field(default=30.0, description="HTTP timeout of API requests")
     max_items_per_tick: int = Field(default=200, description="items a sensor tick requests per collection")
+    allowed_href_schemes: list[str] = Field(
+        default=["http", "https", "s3"], description="URL schemes an item's asset hrefs may use"
+    )
+    allowed_local_roots: Optional[list[str]] = Field(
+        default=None,
+        description="folders whose files asset hrefs may name (default: the static catalog's folder, or none for an API)",
+    )
+
+    def href_policy(self) -> HrefPolicy:
+        """What an item's asset hrefs may point at; items are untrusted input."""
+        roots = self.allowed_local_roots
+        if roots is None:
+            roots = []
+            if not self.api_url:
+                catalog = self.catalog_path or str(ensure_sample_catalog())
+                if "://" not in catalog:
+                    roots.append(str(Path(catalog).resolve().parent))
+        return HrefPolicy(schemes=tuple(s.lower() for s in self.allowed_href_schemes), local_roots=tuple(roots))
 
     def source(self) -> StacSource:
         if self.api_url:
