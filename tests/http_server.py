@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from functools import partial
 from typing import Iterator
 
@@ -45,8 +46,14 @@ class RangeRequestHandler(http.server.SimpleHTTPRequestHandler):
         self._record(code)
         super().send_response(code, message)
 
+    #: Requests under /slow/ are answered after this many seconds (to test client timeouts).
+    slow_seconds = 5.0
+
     def send_head(self):
         self.raw_path = self.path
+        if self.path.startswith("/slow/"):
+            time.sleep(self.slow_seconds)
+            self.path = self.path[len("/slow"):]
         if self.require_token is not None:
             path, _, query = self.path.partition("?")
             if query != self.require_token:

@@ -234,3 +234,23 @@ def _chip_in_child(results, x, y):
     chipper = _FORK_STATE["chipper"]
     pixels = chipper.chip(x, y)
     results.put((pixels, chipper.reader("b10").dataset is not _FORK_STATE["parent_dataset"]))
+
+
+def test_an_http_timeout_is_an_asset_read_error(scene):
+    from pathlib import Path
+
+    from stacchip_assets.rio import AssetAccess, gdal_env
+
+    from .http_server import serve_directory
+
+    item, _ = scene
+    folder = Path(item.assets["b10"].href).parent
+    with serve_directory(str(folder)) as base:
+        slow = item.clone()
+        slow.assets["b10"].href = f"{base}/slow/b10.tif"  # the server waits 5 s before answering
+        access = AssetAccess(gdal_options={"GDAL_HTTP_TIMEOUT": "1", "GDAL_HTTP_MAX_RETRY": "0"})
+        with gdal_env(access), pytest.raises(AssetReadError) as excinfo:
+            Chipper(NoStatsChipIndexer(slow), assets=["b10"]).chip(0, 0)
+    message = str(excinfo.value)
+    assert "scene-1" in message and "'b10'" in message and "slow/b10.tif" in message
+    assert "timed out" in message.lower() or "timeout" in message.lower()
