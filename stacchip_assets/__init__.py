@@ -16,7 +16,6 @@ from .errors import (
     UnsupportedCRSError,
 )
 from .geoparquet import read_index, write_index
-from .query import query_chips, query_chips_gdf
 from .indexer import (
     ChipIndexer,
     Indexer,
@@ -36,3 +35,12 @@ __all__ = [
     "NoStatsChipIndexer", "Sentinel2Indexer", "StacSourceError", "StacchipError", "StorageError",
     "UnsupportedCRSError", "query_chips", "query_chips_gdf", "read_index", "write_index",
 ]
+
+
+def __getattr__(name: str):
+    """`query_chips` / `query_chips_gdf` load pyarrow.dataset on first use, not at import (0.2 s)."""
+    if name in ("query_chips", "query_chips_gdf"):
+        from . import query
+
+        return getattr(query, name)
+    raise AttributeError(f"module 'stacchip_assets' has no attribute {name!r}")
