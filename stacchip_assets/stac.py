@@ -17,7 +17,7 @@ import pyproj
 import pystac
 from affine import Affine
 
-from .errors import NoProjectionInfoError, UnsupportedCRSError
+from .errors import AssetGridError, NoProjectionInfoError, UnsupportedCRSError
 
 #: Asset roles that never hold the scene's pixels at full resolution.
 NON_DATA_ROLES = frozenset({"thumbnail", "overview", "metadata", "tiles", "preview"})
@@ -206,8 +206,6 @@ def check_asset_matches_metadata(
     the chip grid comes from): catalogs often put the finest grid at item level while coarser
     assets carry no fields of their own, and those are read correctly from their own grid.
     """
-    from .errors import AssetGridError
-
     fields = item.assets[asset_key].extra_fields
     has_own = "proj:transform" in fields or "proj:shape" in fields
     if not (has_own or include_item_level):

@@ -96,6 +96,7 @@ from .chipper import Chipper
 from .errors import StacchipError
 from .indexer import NoStatsChipIndexer
 from .paths import validate_id
+from .reader import load_item  # the stored item JSON (local, http(s) or s3://), shared with read_chip
 
 log = logging.getLogger(__name__)
 
@@ -473,13 +474,6 @@ def _sample(table: pa.Table, config: TrainingSetConfig) -> np.ndarray:
 # =================================================================================================
 # Items, layouts and whole-item extraction
 # =================================================================================================
-def load_item(href: str):
-    """The item JSON at ``href`` (local path, http(s) URL or s3:// URI)."""
-    from .reader import load_item as _load  # reader holds the s3 logic shared with read_chip
-
-    return _load(str(href))
-
-
 def _indexer(item, chip_size: int, stride: int) -> NoStatsChipIndexer:
     # pad_edges only adds partial chips at the right/bottom edges: every indexed position keeps its
     # offsets, and positions indexed with padding stay inside the grid.
