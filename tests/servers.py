@@ -431,3 +431,55 @@ def local_item(catalog_json: Path, source_collection: str, item_id: str):
     import pystac
 
     return pystac.Item.from_file(str(Path(catalog_json).parent / source_collection / item_id / f"{item_id}.json"))
+
+
+# -- a plain throwaway PostgreSQL (Dagster instance storage) ----------------------------------------
+
+@dataclass
+class PostgresServer:
+    host: str
+    port: int
+    dbname: str
+    user: str = "postgres"
+    password: str = "unused"  # trust auth; libpq still wants one set
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL with the driver spelled out (SQLAlchemy 2.1 needs it, see INFRA.md)."""
+        return f"postgresql+psycopg2://{self.user}:{self.password}@{self.host}:{self.port}/{self.dbname}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user, "PGPASSWORD": self.password,
+                "PGDATABASE": self.dbname}
+
+
+@contextlib.contextmanager
+def postgres_cluster(dbname: str = "dagster") -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL 15 cluster (trust auth, fsync off) with one empty database, on a free
+    port of 127.0.0.1; stopped and removed afterwards. Same recipe as `pgstac_api`, without PostGIS."""
+    cluster_dir = Path(tempfile.mkdtemp(prefix="stacchip-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(cluster_dir, "postgres", "postgres")
+    port = free_port()
+    data = cluster_dir / "data"
+    started = False
+    try:
+        _as_cluster_owner(str(PGBIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+        _as_cluster_owner(
+            str(PGBIN / "pg_ctl"), "-D", str(data), "-l", str(cluster_dir / "pg.log"), "-w", "start",
+            "-o", f"-p {port} -k {cluster_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+        )
+        started = True
+        server = PostgresServer(host="127.0.0.1", port=port, dbname=dbname)
+        result = subprocess.run(["psql", "-d", "postgres", "-c", f'create database "{dbname}"'],
+                                env=dict(os.environ, **server.env), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"create database {dbname} failed: {result.stderr.strip()}")
+        yield server
+    finally:
+        if started:
+            with contextlib.suppress(RuntimeError):
+                _as_cluster_owner(str(PGBIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(cluster_dir, ignore_errors=True)

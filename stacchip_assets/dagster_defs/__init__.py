@@ -6,9 +6,10 @@ ones, see `presets`); `stacchip_assets.definitions.defs` is the code location's 
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, ExecutorDefinition, define_asset_job, in_process_executor  # noqa: F401
 
 from .assets import (
     CHIP_INDEX_KEY,
@@ -27,6 +28,40 @@ from .sensors import COMBINE_TAG, build_sensors
 from .training import build_training_assets, default_dask_resource
 
 
+#: Environment variable that chooses the executor of every job (read when the code location loads).
+EXECUTOR_ENV = "STACCHIP_EXECUTOR"
+#: STACCHIP_EXECUTOR value -> (module, attribute) of the executor; the last two need `.[deploy]`.
+EXECUTORS = {
+    "in_process": ("dagster", "in_process_executor"),
+    "multiprocess": ("dagster", "multiprocess_executor"),
+    "celery": ("dagster_celery", "celery_executor"),
+    "k8s": ("dagster_k8s", "k8s_job_executor"),
+}
+
+
+def executor_from_env(value: str | None = None) -> ExecutorDefinition:
+    """The executor of every job, named by STACCHIP_EXECUTOR (or `value`): ``in_process`` (default;
+    a chip_index run is one step and a multiprocess step costs ~2 s of start-up), ``multiprocess``,
+    ``celery`` (steps on dagster-celery workers) or ``k8s`` (a Kubernetes Job per step, dagster-k8s).
+    The distributed ones are imported only when chosen: the default install needs neither package."""
+    import importlib
+
+    from ..errors import StacchipError
+
+    name = (os.environ.get(EXECUTOR_ENV, "") if value is None else value).strip().lower() or "in_process"
+    if name not in EXECUTORS:
+        raise StacchipError(f"{EXECUTOR_ENV}={name!r} is not an executor; choose one of {', '.join(EXECUTORS)}")
+    module_name, attribute = EXECUTORS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise StacchipError(
+            f"{EXECUTOR_ENV}={name} needs the {module_name.replace('_', '-')} package, which cannot be imported "
+            f"({exc}); install it with: pip install 'stacchip-assets[deploy]'"
+        ) from exc
+    return getattr(module, attribute)
+
+
 def build_definitions(
     collections: list[CollectionConfig] | None = None,
     resources: Mapping[str, Any] | None = None,
@@ -34,21 +69,22 @@ def build_definitions(
     """Definitions for `collections` (default: `load_collections()`) with `resources` overriding the defaults."""
     collections = load_collections() if collections is None else list(collections)
     stac_items, chip_index, combined_index = build_assets(collections)
+    executor = executor_from_env()  # STACCHIP_EXECUTOR, default in_process
     stac_items_job = define_asset_job(
         "stac_items_job", selection=AssetSelection.assets(stac_items),
-        executor_def=in_process_executor, description="Search and store the item set of one collection.",
+        executor_def=executor, description="Search and store the item set of one collection.",
     )
     chip_index_job = define_asset_job(
         "chip_index_job", selection=AssetSelection.assets(chip_index),
-        executor_def=in_process_executor, description="Index one STAC item (one run per item, in process).",
+        executor_def=executor, description="Index one STAC item (one run per item, in process).",
     )
     combined_index_job = define_asset_job(
-        "combined_index_job", selection=AssetSelection.assets(combined_index), executor_def=in_process_executor,
+        "combined_index_job", selection=AssetSelection.assets(combined_index), executor_def=executor,
         tags=COMBINE_TAG, description="Bring the combined index up to date and run its checks.",
     )
     training_set, band_statistics = build_training_assets(collections)
     training_job = define_asset_job(
-        "training_job", selection=AssetSelection.assets(training_set, band_statistics), executor_def=in_process_executor,
+        "training_job", selection=AssetSelection.assets(training_set, band_statistics), executor_def=executor,
         description="Write a training set from the combined index, then its band statistics.",
     )
     stac_item_sensor, combined_index_automation = build_sensors(collections, chip_index_job)
@@ -61,7 +97,7 @@ def build_definitions(
         jobs=[stac_items_job, chip_index_job, combined_index_job, training_job],
         sensors=[stac_item_sensor, combined_index_automation],
         resources=all_resources,
-        executor=in_process_executor,
+        executor=executor,
     )
 
 
