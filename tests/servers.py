@@ -483,3 +483,59 @@ def postgres_cluster(dbname: str = "dagster") -> Iterator[PostgresServer]:
             with contextlib.suppress(RuntimeError):
                 _as_cluster_owner(str(PGBIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(cluster_dir, ignore_errors=True)
+
+
+# -- synthetic STAC items (metadata only) loaded in bulk ---------------------------------------------
+
+def synthetic_collection(collection_id: str) -> dict:
+    """A minimal STAC collection for synthetic items."""
+    return {
+        "type": "Collection", "stac_version": "1.0.0", "id": collection_id, "license": "proprietary",
+        "description": "synthetic items (metadata only) for sensor paging and scale tests",
+        "extent": {"spatial": {"bbox": [[0.0, 40.0, 10.0, 50.0]]}, "temporal": {"interval": [[None, None]]}},
+        "links": [],
+    }
+
+
+def synthetic_item(collection_id: str, number: int, updated: str) -> dict:
+    """Item `{collection}-{number:07d}`: a 10980 px UTM tile footprint (EPSG:32631, 10 m) with
+    projection info, one COG asset href nobody serves (metadata only: nothing reads pixels), and
+    `updated` as given."""
+    col, row = number % 90, (number // 90) % 90
+    x0, y0 = 300000 + col * 1000, 5500000 - row * 1000
+    lon, lat = 0.5 + col * 0.1, 49.5 - row * 0.1
+    item_id = f"{collection_id}-{number:07d}"
+    return {
+        "type": "Feature", "stac_version": "1.0.0", "id": item_id, "collection": collection_id,
+        "stac_extensions": ["https://stac-extensions.github.io/projection/v2.0.0/schema.json"],
+        "geometry": {"type": "Polygon", "coordinates": [[[lon, lat], [lon + 0.1, lat], [lon + 0.1, lat + 0.1],
+                                                         [lon, lat + 0.1], [lon, lat]]]},
+        "bbox": [lon, lat, lon + 0.1, lat + 0.1],
+        "properties": {
+            "datetime": f"2024-{1 + number % 12:02d}-{1 + number % 28:02d}T10:30:00Z", "updated": updated,
+            "eo:cloud_cover": float(number % 100), "proj:code": "EPSG:32631", "proj:shape": [10980, 10980],
+            "proj:transform": [10.0, 0.0, float(x0), 0.0, -10.0, float(y0)],
+        },
+        "assets": {"image": {"href": f"http://127.0.0.1:9/{collection_id}/{item_id}.tif",
+                             "type": "image/tiff; application=geotiff; profile=cloud-optimized", "roles": ["data"]}},
+        "links": [],
+    }
+
+
+def load_items(server: StacApiServer, items: list[dict], folder: Path, method: str = "insert_ignore") -> None:
+    """Bulk-load items into the STAC API's database with `pypgstac load items` (their collection must
+    exist); `upsert` replaces items that are there already."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"items-{time.monotonic_ns()}.ndjson"
+    with open(path, "w") as out:
+        for item in items:
+            out.write(json.dumps(item) + "\n")
+    try:
+        result = subprocess.run(["pypgstac", "load", "items", str(path), "--method", method],
+                                env=dict(os.environ, **server.pg_env), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"pypgstac load items failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+    finally:
+        path.unlink(missing_ok=True)

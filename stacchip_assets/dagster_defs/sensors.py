@@ -7,6 +7,12 @@ indexes the same item version twice, an updated item is re-indexed, and a failed
 retried by hand (Dagster never relaunches a run key). A failing source raises: the tick fails and
 the cursor stays where it was.
 
+At scale: a tick asks each collection for at most `max_items_per_tick` items
+(STACCHIP_MAX_ITEMS_PER_TICK, default 200) and the next tick carries on from the cursor, so a backlog
+of thousands of items is worked off over successive ticks, each well inside Dagster's 60 s limit.
+Which of a tick's items are new partitions is one bounded query to the instance for the tick's keys
+(not one per item, and not a listing of every partition), and only new keys are requested.
+
 `combined_index_automation` is the declarative-automation sensor of the combined index, declared
 here so it runs by default (Dagster's own automation sensor is stopped by default on OSS).
 """
@@ -70,12 +76,17 @@ def poll_new_items(
     cursor: dict[str, tuple[str, str]],
     instance=None,
 ) -> tuple[list[RunRequest], list[str], dict[str, tuple[str, str]], dict[str, Any]]:
-    """(run requests, new partition keys, new cursor, per-collection counts) of one tick."""
+    """(run requests, new partition keys, new cursor, per-collection counts) of one tick.
+
+    At most `stac_source.max_items_per_tick` items per collection, oldest `updated` first; the
+    partition keys that `instance` already has are left out of the new ones (one query for all of
+    the tick's keys). Without an instance every key counts as new (Dagster skips existing ones).
+    """
     source = stac_source.source()
     started = time.monotonic()
     new_cursor = dict(cursor)
     runs: list[RunRequest] = []
-    new_partitions: list[str] = []
+    keys: list[str] = []
     counts: dict[str, Any] = {}
     for config in collections:
         if time.monotonic() - started > TICK_BUDGET_SECONDS:
@@ -85,8 +96,7 @@ def poll_new_items(
                              limit=stac_source.max_items_per_tick)
         for item in polled:
             key = item_partition_key(item.collection, item.item_id)
-            if instance is None or not instance.has_dynamic_partition(ITEM_PARTITIONS_NAME, key):
-                new_partitions.append(key)
+            keys.append(key)
             runs.append(RunRequest(
                 partition_key=key,
                 run_key=f"{key}@{item.updated}",
@@ -95,7 +105,18 @@ def poll_new_items(
         if polled:
             new_cursor[config.collection] = polled[-1].position
         counts[config.collection] = len(polled)
+    existing = existing_partitions(instance, keys) if instance is not None and keys else set()
+    new_partitions = list(dict.fromkeys(k for k in keys if k not in existing))
     return runs, new_partitions, new_cursor, counts
+
+
+def existing_partitions(instance, keys: list[str]) -> set[str]:
+    """Which of `keys` are chip_index partitions already: one bounded query (chunked `IN`) where the
+    instance offers it, else one listing of the partitions."""
+    lookup = getattr(instance, "get_existing_dynamic_partitions", None)
+    if lookup is not None:
+        return set(lookup(ITEM_PARTITIONS_NAME, keys))
+    return set(instance.get_dynamic_partitions(ITEM_PARTITIONS_NAME)) & set(keys)
 
 
 def build_sensors(collections: list[CollectionConfig], chip_index_job):
@@ -109,11 +130,13 @@ def build_sensors(collections: list[CollectionConfig], chip_index_job):
     )
     def stac_item_sensor(context: SensorEvaluationContext, stac_source: StacSourceResource) -> SensorResult:
         cursor = parse_cursor(context.cursor)
+        started = time.monotonic()
         try:
             runs, partitions, new_cursor, counts = poll_new_items(collections, stac_source, cursor, context.instance)
         except StacchipError as exc:  # fail the tick; the cursor is not moved
             raise type(exc)(f"polling {stac_source.describe()} failed, cursor kept: {exc}") from exc
-        context.log.info("new or updated items per collection: %s", counts)
+        context.log.info("new or updated items per collection: %s (%d new partitions, %.1f s)", counts,
+                         len(partitions), time.monotonic() - started)
         requests = [AddDynamicPartitionsRequest(ITEM_PARTITIONS_NAME, partitions)] if partitions else []
         if not runs:
             return SensorResult(skip_reason=f"no new items ({counts})", cursor=dump_cursor(new_cursor))
