@@ -3,6 +3,11 @@
 An item must never make the code location read where it should not: a local file outside the
 allowed folders, `file://` URLs, or GDAL virtual paths (`/vsicurl/`, `/vsizip/`, driver prefixes such
 as `HDF5:`) smuggled into an href. The policy is checked before GDAL sees the href.
+
+Hrefs also carry secrets: providers sign them (Azure SAS ``?st=..&se=..&sp=..&sig=..``, S3 presigned
+``X-Amz-Signature``/``X-Amz-Credential``/``X-Amz-Security-Token``, ``token=``, ``access_token=``, ``key=``).
+:func:`strip_credentials` removes such query parameters (and ``user:password@``) from an href, keeping
+harmless ones; :func:`redact_credentials` does the same inside any text (error messages, logs).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 from .errors import HrefPolicyError
 
@@ -29,6 +34,11 @@ class HrefPolicy:
 
     schemes: tuple[str, ...] = ("http", "https", "s3")
     local_roots: tuple[str, ...] = field(default_factory=tuple)
+    #: Also allow local files outside `local_roots` whose first bytes are those of a TIFF (GeoTIFF, COG,
+    #: BigTIFF) or JPEG 2000 file: GDAL identifies files by content, so a format that can point elsewhere
+    #: (VRT, GTI, STACIT, WMS... XML or JSON that names other files or URLs) is refused whatever its name.
+    #: Paths that do not exist pass (GDAL then reports the missing file); symlinks are resolved first.
+    local_rasters: bool = False
 
     def check(self, href: str, *, item_id: str | None = None, asset_key: str | None = None) -> str:
         """Return `href` if the policy allows it; raise HrefPolicyError naming item, asset and why."""
@@ -54,12 +64,132 @@ class HrefPolicy:
             if not parsed.netloc:
                 raise refuse("a URL without a host or bucket")
             return href
-        if not self.local_roots:
+        if not self.local_roots and not self.local_rasters:
             raise refuse("local paths are not allowed by this policy")
         resolved = Path(os.path.realpath(href))
         for root in self.local_roots:
             root_path = Path(os.path.realpath(root))
             if resolved == root_path or root_path in resolved.parents:
                 return href
+        if self.local_rasters:
+            if not resolved.exists():
+                return href  # nothing to leak: GDAL says the file is missing
+            if not resolved.is_file():
+                raise refuse("a local path that is not a regular file")
+            try:
+                with open(resolved, "rb") as handle:
+                    head = handle.read(12)
+            except OSError as exc:
+                raise refuse(f"cannot be read ({exc.strerror or exc})") from exc
+            if head.startswith(_RASTER_MAGIC):
+                return href
+            where = f" and outside the allowed folders {list(self.local_roots)}" if self.local_roots else ""
+            raise refuse(f"a local file that is not a TIFF or JPEG 2000 raster{where}")
         raise refuse(f"local path outside the allowed folders {list(self.local_roots)}")
+
+
+#: First bytes of the local files a `local_rasters` policy admits: TIFF / BigTIFF (little and big
+#: endian) and JPEG 2000 (JP2 box, raw codestream).
+_RASTER_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")
+
+
+def default_read_policy() -> HrefPolicy:
+    """The policy of :mod:`stacchip_assets.reader` and the training extraction when the caller gives
+    none: stored item JSON can be edited by anyone who can write the storage base, so it is untrusted.
+
+    URLs with the schemes http, https and s3; local files inside the embedded sample catalog's folder
+    (:func:`stacchip_assets.sample_data.default_sample_dir`), and elsewhere only real TIFF/JPEG 2000
+    files (first bytes checked; see ``HrefPolicy.local_rasters``). Refused: ``file://``, ``/vsi...``,
+    driver prefixes (``HDF5:``), other schemes, and any other local file such as ``/etc/passwd``.
+    Pass ``HrefPolicy(local_roots=[...])`` for a stricter policy (the Dagster code location passes its
+    own: ``StacSourceResource.href_policy()``).
+    """
+    from .sample_data import default_sample_dir
+
+    return HrefPolicy(local_roots=(str(default_sample_dir()),), local_rasters=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Credentials in hrefs
+# --------------------------------------------------------------------------------------------------
+
+#: Query parameters that are credentials wherever they appear (compared case-insensitively).
+CREDENTIAL_PARAMS = frozenset({
+    "token", "access_token", "id_token", "refresh_token", "auth", "auth_token", "authorization", "key", "api_key",
+    "apikey", "api-key", "x-api-key", "subscription-key", "subscription_key", "code", "password", "passwd", "pwd",
+    "secret", "client_secret", "sig", "signature", "awsaccesskeyid", "googleaccessid", "policy", "key-pair-id",
+    "sas", "sas_token", "jwt", "session", "sessionid", "session_token", "security_token",
+})
+#: Parameter name prefixes of presigned URLs: AWS SigV4 (X-Amz-Credential, X-Amz-Signature,
+#: X-Amz-Security-Token, ...) and Google Cloud Storage V4 (X-Goog-Credential, X-Goog-Signature, ...).
+CREDENTIAL_PREFIXES = ("x-amz-", "x-goog-")
+#: Azure SAS fields: stripped together when the query carries a SAS signature (`sig`), since
+#: `st`/`se`/`sp`... alone are ordinary names elsewhere.
+SAS_PARAMS = frozenset({
+    "sv", "ss", "srt", "sp", "se", "st", "spr", "sr", "si", "sdd", "skoid", "sktid", "skt", "ske", "sks", "skv",
+    "saoid", "suoid", "scid", "sip", "rscc", "rscd", "rsce", "rscl", "rsct", "ses",
+})
+#: SigV2 presigned S3 URLs: `Expires` goes with `Signature` and `AWSAccessKeyId`.
+_SIGV2_PARAMS = frozenset({"expires"})
+
+
+def _credential_names(names: list[str]) -> set[str]:
+    lowered = {n.lower() for n in names}
+    drop = {n for n in lowered if n in CREDENTIAL_PARAMS or n.startswith(CREDENTIAL_PREFIXES)}
+    if "sig" in lowered:
+        drop |= lowered & SAS_PARAMS
+    if "signature" in lowered:
+        drop |= lowered & _SIGV2_PARAMS
+    return drop
+
+
+def has_credentials(href: str) -> bool:
+    """Whether an href carries credentials in its query string or as ``user:password@``."""
+    return isinstance(href, str) and strip_credentials(href) != href
+
+
+def strip_credentials(href: str) -> str:
+    """`href` without credential-like query parameters (see CREDENTIAL_PARAMS, CREDENTIAL_PREFIXES,
+    SAS_PARAMS) and without ``user:password@``; other parameters are kept in their order.
+
+    >>> strip_credentials("https://a.blob.core.windows.net/c/x.tif?st=2030&se=2031&sp=r&sig=abc&v=2")
+    'https://a.blob.core.windows.net/c/x.tif?v=2'
+    """
+    if not isinstance(href, str) or ("?" not in href and "@" not in href):
+        return href
+    try:
+        parsed = urlparse(href)
+    except ValueError:
+        return href.split("?", 1)[0]
+    netloc = parsed.netloc
+    if "@" in netloc and parsed.scheme:
+        netloc = netloc.rsplit("@", 1)[1]
+    query = parsed.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        drop = _credential_names([k for k, _ in pairs])
+        if drop:
+            query = urlencode([(k, v) for k, v in pairs if k.lower() not in drop], safe="/:,")
+    if netloc == parsed.netloc and query == parsed.query:
+        return href
+    return urlunparse(parsed._replace(netloc=netloc, query=query))
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>)\]]+|/vsi[a-z0-9_]+/[^\s'\"<>)\]]+")
+_PARAM_IN_TEXT = re.compile(r"(?i)\b(sig|signature|token|access_token|x-amz-signature|x-amz-credential|"
+                            r"x-amz-security-token|x-goog-signature|x-goog-credential|api_key|apikey|key)=[^&\s'\"]+")
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with every URL in it stripped of its credentials (:func:`strip_credentials`) and any
+    leftover ``sig=``/``token=``/``X-Amz-Signature=``... value replaced by ``<redacted>``."""
+    if not isinstance(text, str) or not text:
+        return text
+    def clean(match: re.Match) -> str:
+        url = match.group(0)
+        tail = len(url) - len(url.rstrip(".,:;"))
+        return strip_credentials(url[: len(url) - tail]) + url[len(url) - tail:]
+
+    text = _URL_IN_TEXT.sub(clean, text)
+    return _PARAM_IN_TEXT.sub(lambda m: f"{m.group(1)}=<redacted>", text)
 

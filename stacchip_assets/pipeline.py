@@ -20,7 +20,7 @@ import pystac
 import shapely
 
 from .errors import StacchipError
-from .hrefs import HrefPolicy
+from .hrefs import HrefPolicy, strip_credentials
 from .indexer import INDEXERS, ChipIndexer, Indexer, indexer_class_for
 from .quicklook import DEFAULT_SIZE, render_quicklook
 from .stac_source import item_updated
@@ -231,6 +231,8 @@ def index_item(
     if not collection:
         raise StacchipError("the item has no collection id", item_id=item.id)
     source_href = item.get_self_href()
+    if source_href:  # recorded in metadata: never with a signed URL's token
+        source_href = strip_credentials(source_href)
     updated = item_updated(item)
     stored = prune_assets(item, settings.assets, settings.indexer)
     indexer = Indexer(

@@ -8,6 +8,14 @@ chip grid and read the chip's window from the item's COG assets::
     pixels = read_chip(row)                      # row: dict, pandas/geopandas row, 1-row pyarrow table
     pixels = read_chip_by_id("S2B_31UDQ_20230704_0_L2A-1-2")   # looked up in the combined index
     # -> {asset_key: ndarray (bands, chip_size, chip_size)}
+
+The stored item JSON is untrusted input (anyone who can write the storage base can edit it), so the
+asset hrefs it names go through an href policy before GDAL sees them (`href_policy=`). The default,
+:func:`stacchip_assets.hrefs.default_read_policy`, allows http, https and s3 URLs, files inside the
+embedded sample catalog's folder and, elsewhere, only local files that really are TIFF/JPEG 2000
+rasters (first bytes checked); ``file://``, ``/vsi...`` paths, driver prefixes and any other local
+file (``/etc/passwd``) are refused with HrefPolicyError. The Dagster code location passes its own
+policy (``StacSourceResource.href_policy()``); pass ``HrefPolicy(local_roots=[...])`` to be stricter.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import pystac
 from .chipper import Chipper
 from .combine import CombinedIndex
 from .errors import StacchipError, StorageError
+from .hrefs import HrefPolicy, default_read_policy
 from .indexer import ChipIndexer, NoStatsChipIndexer
 from .storage import Storage
 
@@ -75,8 +84,9 @@ def _item(href: str, storage: Storage | None) -> pystac.Item:
     return load_item(href, storage)
 
 
-def indexer_for_row(row: Any, *, storage: Storage | None = None) -> ChipIndexer:
-    """The chip grid a row was indexed on (no statistics are computed or read)."""
+def indexer_for_row(row: Any, *, storage: Storage | None = None, href_policy: HrefPolicy | None = None) -> ChipIndexer:
+    """The chip grid a row was indexed on (no statistics are computed or read); its asset hrefs are
+    checked against `href_policy` (default: :func:`stacchip_assets.hrefs.default_read_policy`)."""
     values = row_to_dict(row)
     missing = [f for f in ROW_FIELDS if values.get(f) is None]
     if missing:
@@ -85,7 +95,8 @@ def indexer_for_row(row: Any, *, storage: Storage | None = None) -> ChipIndexer:
     chip_size = int(values["chip_size"])
     stride = int(values["chip_stride"])
     # pad_edges only adds chips at the right/bottom edges; every indexed position keeps its offsets
-    return NoStatsChipIndexer(item, chip_size=chip_size, stride=None if stride == chip_size else stride, pad_edges=True)
+    return NoStatsChipIndexer(item, chip_size=chip_size, stride=None if stride == chip_size else stride, pad_edges=True,
+                              href_policy=href_policy if href_policy is not None else default_read_policy())
 
 
 def read_chip(
@@ -94,10 +105,14 @@ def read_chip(
     assets: Sequence[str] | None = None,
     storage: Storage | None = None,
     mountpath: str | None = None,
+    href_policy: HrefPolicy | None = None,
 ) -> dict[str, np.ndarray]:
-    """Pixels of the chip a row describes: {asset_key: ndarray (bands, chip_size, chip_size)}."""
+    """Pixels of the chip a row describes: {asset_key: ndarray (bands, chip_size, chip_size)}.
+
+    The stored item's asset hrefs must pass `href_policy` (default: see the module doc), else
+    HrefPolicyError names the item, the asset and why, before GDAL opens anything."""
     values = row_to_dict(row)
-    indexer = indexer_for_row(values, storage=storage)
+    indexer = indexer_for_row(values, storage=storage, href_policy=href_policy)
     with Chipper(indexer, mountpath=mountpath, assets=assets) as chipper:
         return chipper.chip(int(values["chip_index_x"]), int(values["chip_index_y"]))
 
@@ -138,6 +153,9 @@ def read_chip_by_id(
     collection: str | None = None,
     assets: Sequence[str] | None = None,
     storage: Storage | None = None,
+    href_policy: HrefPolicy | None = None,
 ) -> dict[str, np.ndarray]:
-    """Pixels of a chip given only its id (looked up in `index`, default: the combined index)."""
-    return read_chip(find_row(chipid, index, collection=collection), assets=assets, storage=storage)
+    """Pixels of a chip given only its id (looked up in `index`, default: the combined index); the
+    stored item's hrefs are checked as in :func:`read_chip`."""
+    return read_chip(find_row(chipid, index, collection=collection), assets=assets, storage=storage,
+                     href_policy=href_policy)

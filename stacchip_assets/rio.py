@@ -34,6 +34,7 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from .errors import AssetReadError, StacchipError
+from .hrefs import redact_credentials, strip_credentials
 
 #: GDAL settings for reading COGs over HTTP and S3 (see GDAL's "Cloud optimized GeoTIFF" notes):
 #: no directory listing on open, consecutive ranges merged into one request, a block cache for
@@ -163,12 +164,15 @@ def sign_href(href: str) -> str:
     signer = _signer.get()
     if signer is None:
         return href
+    # An href that arrived signed carries a token that may have expired: sign it afresh.
+    unsigned = strip_credentials(href)
     try:
-        signed = signer(href)
+        signed = signer(unsigned)
     except Exception as exc:
-        raise AssetReadError(f"the href signer failed for {href}: {type(exc).__name__}: {exc}") from exc
+        raise AssetReadError(f"the href signer failed for {unsigned}: {type(exc).__name__}: "
+                             f"{redact_credentials(str(exc))}") from exc
     if not isinstance(signed, str) or not signed:
-        raise AssetReadError(f"the href signer returned {signed!r} for {href}")
+        raise AssetReadError(f"the href signer returned {redact_credentials(repr(signed))} for {unsigned}")
     return signed
 
 
@@ -190,6 +194,7 @@ def describe_error(exc: BaseException, href: str, opened: str) -> str:
             text = text.replace(query, "<signature>")
     for secret in _secrets.get():
         text = text.replace(secret, "<secret>")
+    text = redact_credentials(text)  # tokens of hrefs that arrived signed, and any GDAL echoes of them
     if _CREDENTIAL_HINTS.search(text):
         text += " (access refused: check the credentials or the href signer of the storage resource)"
     return text
@@ -198,14 +203,14 @@ def describe_error(exc: BaseException, href: str, opened: str) -> str:
 def open_asset(href: str, *, item_id: str | None = None, asset_key: str | None = None) -> DatasetReader:
     """Open an asset href with rasterio, raising AssetReadError with the cause on failure.
 
-    The href goes through the signer of the current :func:`gdal_env` first; messages show the
-    unsigned href."""
+    The href goes through the signer of the current :func:`gdal_env` first (an href that arrived
+    signed is stripped of its token and signed afresh); messages show the href without any token."""
     opened = sign_href(href)
     try:
         # Decode the blocks of one large read on all cores (GTiff/COG open option; others ignore it).
         return rasterio.open(opened, NUM_THREADS="ALL_CPUS")
     except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
-        raise AssetReadError(f"cannot open {href}: {describe_error(exc, href, opened)}", item_id=item_id,
+        raise AssetReadError(f"cannot open {strip_credentials(href)}: {describe_error(exc, href, opened)}", item_id=item_id,
                              asset_key=asset_key) from exc
 
 
@@ -228,7 +233,7 @@ def read_window(
 
 def _unsigned_name(name: str) -> str:
     """A dataset name without its query string (a signed URL's token stays out of messages)."""
-    return name.split("?", 1)[0] if "://" in name or name.startswith("/vsi") else name
+    return name.split("?", 1)[0] if "://" in name or name.startswith("/vsi") else strip_credentials(name)
 
 
 def read_band(src: DatasetReader, band: int = 1, *, item_id: str | None = None, asset_key: str | None = None) -> np.ndarray:

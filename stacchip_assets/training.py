@@ -94,6 +94,7 @@ import shapely
 
 from .chipper import Chipper
 from .errors import StacchipError
+from .hrefs import HrefPolicy, default_read_policy
 from .indexer import NoStatsChipIndexer
 from .paths import validate_id
 from .reader import load_item  # the stored item JSON (local, http(s) or s3://), shared with read_chip
@@ -474,10 +475,12 @@ def _sample(table: pa.Table, config: TrainingSetConfig) -> np.ndarray:
 # =================================================================================================
 # Items, layouts and whole-item extraction
 # =================================================================================================
-def _indexer(item, chip_size: int, stride: int) -> NoStatsChipIndexer:
+def _indexer(item, chip_size: int, stride: int, href_policy: HrefPolicy | None = None) -> NoStatsChipIndexer:
     # pad_edges only adds partial chips at the right/bottom edges: every indexed position keeps its
-    # offsets, and positions indexed with padding stay inside the grid.
-    return NoStatsChipIndexer(item, chip_size=int(chip_size), stride=None if stride == chip_size else int(stride), pad_edges=True)
+    # offsets, and positions indexed with padding stay inside the grid. The stored item JSON is
+    # untrusted: its hrefs pass `href_policy` (default: hrefs.default_read_policy()) before GDAL sees them.
+    return NoStatsChipIndexer(item, chip_size=int(chip_size), stride=None if stride == chip_size else int(stride), pad_edges=True,
+                              href_policy=href_policy if href_policy is not None else default_read_policy())
 
 
 @dataclass(frozen=True)
@@ -589,7 +592,8 @@ def _uniform(table: pa.Table, name: str, collection: str) -> int:
     return int(values[0])
 
 
-def collection_layouts(plan: pa.Table, config: TrainingSetConfig, *, mountpath: str | None = None) -> dict[str, CollectionLayout]:
+def collection_layouts(plan: pa.Table, config: TrainingSetConfig, *, mountpath: str | None = None,
+                       href_policy: HrefPolicy | None = None) -> dict[str, CollectionLayout]:
     """Channel layout of every collection in a plan, read from its first item's assets."""
     layouts: dict[str, CollectionLayout] = {}
     for collection in dict.fromkeys(_strings(plan, "collection").tolist()):
@@ -599,7 +603,7 @@ def collection_layouts(plan: pa.Table, config: TrainingSetConfig, *, mountpath: 
         href = rows.column("item_href")[0].as_py()
         if not href:
             raise StacchipError(f"chip {rows.column('chipid')[0].as_py()!r} has no item_href")
-        with Chipper(_indexer(load_item(href), chip_size, stride), mountpath=mountpath,
+        with Chipper(_indexer(load_item(href), chip_size, stride, href_policy), mountpath=mountpath,
                      assets=list(config.bands[collection])) as chipper:
             layouts[collection] = layout_from_chipper(collection, chipper, config.bands[collection])
     return layouts
@@ -797,15 +801,15 @@ def dask_client(address: str | None = None, *, n_workers: int | None = None, thr
         yield client
 
 
-def iter_task_pixels(task: ChipTask, layout: CollectionLayout, *, mountpath: str | None = None
-                     ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], Chipper]]:
+def iter_task_pixels(task: ChipTask, layout: CollectionLayout, *, mountpath: str | None = None,
+                     href_policy: HrefPolicy | None = None) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], Chipper]]:
     """Pixels of a task's chips: ``(task rows, {asset: native array}, chipper)``, item by item.
 
     One item JSON load and one Chipper (datasets opened once) per item of the task.
     """
     for href, rows in task.item_groups():
         item = load_item(href)
-        with Chipper(_indexer(item, layout.chip_size, layout.chip_stride), mountpath=mountpath,
+        with Chipper(_indexer(item, layout.chip_size, layout.chip_stride, href_policy), mountpath=mountpath,
                      assets=layout.assets) as chipper:
             _check_layout(layout, chipper)
             for positions, pixels in iter_item_chips(chipper, task.xs[rows], task.ys[rows]):
@@ -968,7 +972,8 @@ class _ShardSink:
 
 
 def _write_task(task: ChipTask, *, root: str, layout: CollectionLayout, config: TrainingSetConfig, total: int,
-                mountpath: str | None = None, statistics: bool = False) -> dict[str, Any]:
+                mountpath: str | None = None, statistics: bool = False,
+                href_policy: HrefPolicy | None = None) -> dict[str, Any]:
     """Read a task's chips and write its shards (runs in this process or on a Dask worker)."""
     sink = _ShardSink(task, layout, config, Path(root), total)
     stats = None
@@ -977,7 +982,7 @@ def _write_task(task: ChipTask, *, root: str, layout: CollectionLayout, config: 
 
         stats = CollectionAccumulator(layout)
     try:
-        for rows, pixels, chipper in iter_task_pixels(task, layout, mountpath=mountpath):
+        for rows, pixels, chipper in iter_task_pixels(task, layout, mountpath=mountpath, href_policy=href_policy):
             sink.add(rows, pixels)
             if stats is not None:
                 stats.update(pixels, chipper)
@@ -1020,6 +1025,7 @@ def write_training_set(
     mountpath: str | None = None,
     overwrite: bool = False,
     statistics: bool = False,
+    href_policy: HrefPolicy | None = None,
 ) -> pa.Table:
     """Write the shards of a selection (see :func:`select_chips`) and return the manifest.
 
@@ -1027,10 +1033,12 @@ def write_training_set(
     see ``out_dir``), with byte-identical output. ``statistics=True`` also computes the band
     statistics in the same pass (``band_statistics.json`` / ``.parquet`` in ``out_dir``).
     ``overwrite`` replaces an existing, non-empty ``out_dir``; the new set appears atomically.
+    ``href_policy``: what the stored items' asset hrefs may point at (they are untrusted input);
+    default :func:`stacchip_assets.hrefs.default_read_policy`. HrefPolicyError before GDAL opens anything.
     """
     out_dir = Path(out_dir).absolute()
     plan = plan_training_set(selection, config)
-    layouts = collection_layouts(plan, config, mountpath=mountpath) if plan.num_rows else {}
+    layouts = collection_layouts(plan, config, mountpath=mountpath, href_policy=href_policy) if plan.num_rows else {}
     norms = chip_norms(plan, legacy_latlon_swap=config.legacy_latlon_swap)
     tasks = make_tasks(plan, config, chips_per_task=chips_per_task, whole_shards=True, norms=norms)
     coll = _strings(plan, "collection")
@@ -1046,7 +1054,7 @@ def write_training_set(
         groups = [  # one group per collection: the layout and the sample count differ
             ([t for t in tasks if t.collection == collection],
              dict(root=str(stage), layout=layout, config=config, total=totals[collection], mountpath=mountpath,
-                  statistics=statistics))
+                  statistics=statistics, href_policy=href_policy))
             for collection, layout in layouts.items()
         ]
         results: list[dict[str, Any]] = run_tasks(_write_task, groups, client=client)

@@ -31,7 +31,7 @@ from ..paths import validate_id
 from ..training import TrainingSetConfig, dask_client, read_manifest, select_chips, write_training_set
 from .assets import COMBINED_INDEX_KEY
 from .presets import CollectionConfig
-from .resources import StorageResource
+from .resources import StacSourceResource, StorageResource
 
 TRAINING_SET_KEY = AssetKey("training_set")
 BAND_STATISTICS_KEY = AssetKey("band_statistics")
@@ -115,7 +115,8 @@ def build_training_assets(collections: list[CollectionConfig]):
         "with a manifest tracing every sample to its chip id.",
     )
     def training_set(
-        context: AssetExecutionContext, config: TrainingSetSettings, storage: StorageResource, dask: DaskResource
+        context: AssetExecutionContext, config: TrainingSetSettings, storage: StorageResource, dask: DaskResource,
+        stac_source: StacSourceResource,
     ) -> MaterializeResult:
         core = config.to_core(collections)
         out_dir = _training_dir(storage, config.name)
@@ -128,7 +129,9 @@ def build_training_assets(collections: list[CollectionConfig]):
             )
             with dask.client() as client:
                 context.log.info("extracting %s", f"on Dask ({client.dashboard_link})" if client else "in this process")
-                manifest = write_training_set(selection, core, out_dir, client=client, overwrite=True)
+                # the stored item JSON is read again: its hrefs pass the code location's policy
+                manifest = write_training_set(selection, core, out_dir, client=client, overwrite=True,
+                                              href_policy=stac_source.href_policy())
         info = json.loads((out_dir / "training_set.json").read_text())
         per_collection = info["collections"]
         summary = "\n".join(
