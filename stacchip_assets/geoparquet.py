@@ -143,10 +143,13 @@ def _split_uri(uri: str | os.PathLike, filesystem: pafs.FileSystem | None) -> tu
     return pafs.LocalFileSystem(), str(Path(text).absolute())
 
 
-def write_index(table: pa.Table, uri: str | os.PathLike, filesystem: pafs.FileSystem | None = None) -> str:
+def write_index(table: pa.Table, uri: str | os.PathLike, filesystem: pafs.FileSystem | None = None, *,
+                tmp_dir: str | os.PathLike | None = None) -> str:
     """Write an index as GeoParquet, atomically: readers see the old file or the new one, never half.
 
-    Local paths are written to a temporary file in the same folder and renamed over the target;
+    Local paths are written to a temporary file and renamed over the target: in `tmp_dir` (a folder
+    on the same filesystem; `storage.Storage` passes its ``{base}/.tmp``, where killed writes are
+    cleaned up) or else a hidden ``.{name}.*.tmp`` beside the target;
     object stores (s3://) get the whole file in one upload, which becomes visible only when it
     completes (pyarrow may use a multipart upload; `storage.Storage` uses one boto3 PUT).
     """
@@ -157,8 +160,13 @@ def write_index(table: pa.Table, uri: str | os.PathLike, filesystem: pafs.FileSy
         if isinstance(fs, pafs.LocalFileSystem):
             target = Path(path)
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            os.close(fd)
+            if tmp_dir is not None:
+                from .storage import temp_name
+
+                tmp = str(Path(tmp_dir) / temp_name())
+            else:
+                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+                os.close(fd)
             try:
                 pq.write_table(table, tmp, compression="zstd", row_group_size=128 * 1024)
                 os.replace(tmp, target)

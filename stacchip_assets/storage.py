@@ -9,16 +9,30 @@ explicitly or found the usual way). The layout is stacchip's, so existing toolin
     {base}/combined/{collection}/{item_id}.parquet                    combined index (see combine.py)
     {base}/item_sets/{collection}.json                                the items a search selected
 
-Every write is atomic: local files are written to a hidden temporary sibling and renamed over the
-target; S3 objects arrive in a single PUT. Collection and item ids are validated with
+Every write is atomic: local files are written to a temporary file in the hidden folder
+``{base}/.tmp/`` (same filesystem, so the rename over the target is atomic) named
+``{host}.{pid}.{random}.tmp``; a writer killed mid-write leaves its temporary there, and the next
+Storage that writes to the base removes the temporaries whose writer process is dead (same host) or
+that are older than a day (another host), without listing any other folder. S3 objects arrive in a
+single PUT. Readers skip every hidden path. Collection and item ids are validated with
 :func:`stacchip_assets.paths.validate_id` before they become paths or keys.
+
+Transient S3 errors (5xx, throttling, dropped connections) are retried with backoff, a bounded
+number of attempts (``max_attempts``, boto3's and pyarrow's "standard" retry modes).
+Item JSON is stored without credentials: signed asset/link hrefs lose their tokens
+(:func:`stacchip_assets.hrefs.strip_credentials`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-import tempfile
+import re
+import socket
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,7 +45,10 @@ import pystac
 
 from .errors import InvalidIdentifierError, StorageError
 from .geoparquet import read_index, with_geo_metadata, write_index
+from .hrefs import strip_credentials
 from .paths import validate_id
+
+log = logging.getLogger(__name__)
 
 #: Environment variable naming the default storage base.
 STORAGE_BASE_ENV = "STACCHIP_STORAGE_BASE"
@@ -41,6 +58,69 @@ COMBINED_DIR = "combined"
 ITEM_SETS_DIR = "item_sets"
 #: Top-level folders of the layout that therefore cannot be collection ids.
 RESERVED_COLLECTIONS = frozenset({INDEX_DIR, COMBINED_DIR, ITEM_SETS_DIR})
+#: Hidden folder of a local base that holds the temporaries of writes in progress.
+TMP_DIR = ".tmp"
+#: Temporaries of another host whose liveness cannot be checked are removed after this long.
+FOREIGN_TMP_MAX_AGE_SECONDS = 24 * 3600
+#: Attempts of one S3 request (the first included) on transient errors, with exponential backoff.
+DEFAULT_S3_MAX_ATTEMPTS = 5
+_TMP_NAME = re.compile(r"^(?P<host>[A-Za-z0-9-]{1,64})\.(?P<pid>\d+)\.[0-9a-f]{12}\.tmp$")
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:64] or "host"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host is running (a zombie, killed but not yet reaped, is dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def temp_name() -> str:
+    """Name of a temporary file of this process: ``{host}.{pid}.{random}.tmp``."""
+    return f"{_host_tag()}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Delete the temporaries in `folder` whose writer is dead: same host and no such process, or
+    another host and older than FOREIGN_TMP_MAX_AGE_SECONDS. Returns the names removed."""
+    removed: list[str] = []
+    host = _host_tag()
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TMP_NAME.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        if match["host"] == host:
+            stale = not _process_alive(int(match["pid"]))
+        else:
+            try:
+                stale = now - entry.stat(follow_symlinks=False).st_mtime > FOREIGN_TMP_MAX_AGE_SECONDS
+            except FileNotFoundError:
+                continue
+        if stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+    if removed:
+        log.info("removed %d temporaries of killed writers from %s", len(removed), folder)
+    return removed
 
 
 def default_base() -> str:
@@ -78,9 +158,11 @@ def s3_filesystem(
     access_key_id: str | None = None,
     secret_access_key: str | None = None,
     session_token: str | None = None,
+    max_attempts: int = DEFAULT_S3_MAX_ATTEMPTS,
 ) -> pafs.S3FileSystem:
-    """A pyarrow S3 filesystem; unset values fall back to the AWS environment/config chain."""
-    options: dict[str, Any] = {}
+    """A pyarrow S3 filesystem; unset values fall back to the AWS environment/config chain. Transient
+    errors are retried (AWS standard strategy, `max_attempts` attempts in all)."""
+    options: dict[str, Any] = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max(1, int(max_attempts)))}
     endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint_url:
         options["endpoint_override"], options["scheme"] = _endpoint_parts(endpoint_url)
@@ -139,17 +221,21 @@ class Storage:
         filesystem: pafs.FileSystem | None = None,
         *,
         s3_options: dict[str, Any] | None = None,
+        max_attempts: int = DEFAULT_S3_MAX_ATTEMPTS,
     ) -> None:
         text = str(base) if base is not None else default_base()
         #: boto3 client options (endpoint_url, region_name, credentials) for S3 writes
         self.s3_options: dict[str, Any] = dict(s3_options or {})
+        #: attempts of one S3 request on transient errors (boto3 and pyarrow, standard retry mode)
+        self.max_attempts = max(1, int(max_attempts))
         self._s3_client = None
+        self._tmp_ready = False
         if text.startswith("s3://"):
             parsed = urlparse(text)
             if not parsed.netloc:
                 raise StorageError(f"storage base {text!r} has no bucket")
             self.scheme = "s3"
-            self.fs = filesystem if filesystem is not None else s3_filesystem()
+            self.fs = filesystem if filesystem is not None else s3_filesystem(max_attempts=self.max_attempts)
             self.root = f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
             self.base = f"s3://{self.root}"
         elif "://" in text and not text.startswith("file://"):
@@ -171,20 +257,22 @@ class Storage:
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
         session_token: str | None = None,
+        max_attempts: int = DEFAULT_S3_MAX_ATTEMPTS,
     ) -> "Storage":
-        """A storage base; for ``s3://`` the endpoint, region and credentials are passed explicitly."""
+        """A storage base; for ``s3://`` the endpoint, region and credentials are passed explicitly,
+        and `max_attempts` bounds the attempts of one S3 request on transient errors."""
         text = str(base) if base is not None else default_base()
         if text.startswith("s3://"):
             fs = s3_filesystem(
                 endpoint_url=endpoint_url, region=region, access_key_id=access_key_id,
-                secret_access_key=secret_access_key, session_token=session_token,
+                secret_access_key=secret_access_key, session_token=session_token, max_attempts=max_attempts,
             )
             options = {
                 "endpoint_url": endpoint_url, "region_name": region, "aws_access_key_id": access_key_id,
                 "aws_secret_access_key": secret_access_key, "aws_session_token": session_token,
             }
-            return cls(text, fs, s3_options={k: v for k, v in options.items() if v})
-        return cls(text)
+            return cls(text, fs, s3_options={k: v for k, v in options.items() if v}, max_attempts=max_attempts)
+        return cls(text, max_attempts=max_attempts)
 
     def __repr__(self) -> str:
         return f"Storage({self.base!r})"
@@ -246,21 +334,43 @@ class Storage:
         return path if self.is_local else f"s3://{path}"
 
     # -- bytes -----------------------------------------------------------------------------------
+    def temp_dir(self) -> Path:
+        """``{base}/.tmp`` of a local base (created), where writes in progress live. The first call
+        of a Storage removes the temporaries left by writers that were killed (see the module doc)."""
+        if not self.is_local:
+            raise StorageError(f"{self.base} is not a local folder: S3 writes need no temporaries")
+        folder = Path(self.root) / TMP_DIR
+        if not self._tmp_ready:
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(folder)
+            self._tmp_ready = True
+        return folder
+
+    @contextlib.contextmanager
+    def staged_path(self, key: str) -> Iterator[str]:
+        """A temporary local path for `key`: write the file there inside the block; on a clean exit it
+        is renamed over the key's file (atomic), on an error it is removed. For writers that want a
+        path (pyarrow, zipfile); :meth:`write_bytes` uses it."""
+        target = Path(self.path(key))
+        if not self.is_local:
+            raise StorageError(f"cannot stage {self.uri(key)}: not a local base")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.temp_dir() / temp_name()
+        try:
+            yield str(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
     def write_bytes(self, key: str, data: bytes) -> str:
         """Write ``data`` at ``key`` atomically; returns the URI."""
         path = self.path(key)
         try:
             if self.is_local:
-                target = Path(path)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-                try:
-                    with os.fdopen(fd, "wb") as handle:
+                with self.staged_path(key) as tmp:
+                    with open(tmp, "wb") as handle:
                         handle.write(data)
-                    os.replace(tmp, target)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
             else:
                 self._put_object(path, data)
         except (OSError, pa.ArrowException) as exc:
@@ -274,8 +384,10 @@ class Storage:
 
         if self._s3_client is None:
             import boto3
+            from botocore.config import Config
 
-            self._s3_client = boto3.client("s3", **self.s3_options)
+            retries = Config(retries={"mode": "standard", "max_attempts": self.max_attempts})
+            self._s3_client = boto3.client("s3", config=retries, **self.s3_options)
         bucket, _, object_key = path.partition("/")
         try:
             self._s3_client.put_object(Bucket=bucket, Key=object_key, Body=data)
@@ -337,8 +449,8 @@ class Storage:
         return self.uri(dst_key)
 
     def list_files(self, prefix: str = "", suffix: str = "") -> Iterator[FileEntry]:
-        """Every file under ``prefix`` (recursive) whose name ends with ``suffix``; hidden files
-        (temporary writes) are skipped."""
+        """Every file under ``prefix`` (recursive) whose name ends with ``suffix``; hidden files and
+        folders (temporary writes) are skipped."""
         selector = pafs.FileSelector(self.path(prefix), recursive=True, allow_not_found=True)
         try:
             infos = self.fs.get_file_info(selector)
@@ -348,15 +460,19 @@ class Storage:
         for info in infos:
             if info.type != pafs.FileType.File or not info.path.endswith(suffix):
                 continue
-            if info.base_name.startswith((".", "_")):
-                continue
             key = info.path[len(root):] if info.path.startswith(root) else info.path
+            if any(part.startswith((".", "_")) for part in key.split("/")):
+                continue  # hidden: temporaries ({base}/.tmp/, older .{name}.*.tmp siblings), _SUCCESS...
             mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
             yield FileEntry(key=key, size=int(info.size or 0), mtime=mtime)
 
     # -- items and indexes -----------------------------------------------------------------------
     def write_item(self, item: pystac.Item, collection: str | None = None) -> str:
-        """Store an item's JSON (asset hrefs made absolute, self link = its stored URI); returns the URI."""
+        """Store an item's JSON (asset hrefs made absolute, self link = its stored URI); returns the URI.
+
+        Signed hrefs are stored without their tokens (SAS ``sig``/``se``..., ``X-Amz-*``, ``token``,
+        ``key``...; see :func:`stacchip_assets.hrefs.strip_credentials`): tokens expire and must not be
+        kept; a signer (``href_signer``) signs them again when the pixels are read."""
         collection = collection or item.collection_id
         if not collection:
             raise StorageError("the item has no collection id; pass collection=", item_id=item.id)
@@ -370,6 +486,9 @@ class Storage:
                     raise StorageError(f"asset href {href!r} is relative and the item has no self href", item_id=item.id)
                 asset["href"] = pystac.utils.make_absolute_href(href, source)
         data["links"] = [link for link in data.get("links", []) if link.get("rel") not in ("self", "root", "parent", "collection")]
+        stripped = _strip_hrefs(data.get("assets", {})) + _strip_hrefs(data["links"])
+        if stripped:
+            log.info("item %s: credentials (signed-URL tokens) removed from %d hrefs before storing it", item.id, stripped)
         data["links"].append({"rel": "self", "href": self.uri(key), "type": "application/geo+json"})
         return self.write_bytes(key, (json.dumps(data, indent=1) + "\n").encode())
 
@@ -383,7 +502,7 @@ class Storage:
         """Write a per-item chip index (GeoParquet) atomically; returns its URI."""
         key = self.index_key(collection, item_id)
         if self.is_local:
-            return write_index(table, self.path(key))
+            return write_index(table, self.path(key), tmp_dir=self.temp_dir())
         if b"geo" not in (table.schema.metadata or {}):
             table = with_geo_metadata(table)
         sink = pa.BufferOutputStream()
@@ -417,3 +536,21 @@ class Storage:
             parts = entry.key.split("/")
             if len(parts) == 4 and parts[3] == f"index_{parts[2]}.parquet":
                 yield parts[1], parts[2], entry
+
+
+def _strip_hrefs(value: Any) -> int:
+    """Strip credentials from every ``href`` inside `value` (assets with their alternates, links), in
+    place; returns how many hrefs changed."""
+    changed = 0
+    if isinstance(value, dict):
+        for name, inner in value.items():
+            if name == "href" and isinstance(inner, str):
+                clean = strip_credentials(inner)
+                if clean != inner:
+                    value[name] = clean
+                    changed += 1
+            else:
+                changed += _strip_hrefs(inner)
+    elif isinstance(value, list):
+        changed += sum(_strip_hrefs(v) for v in value)
+    return changed
