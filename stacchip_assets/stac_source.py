@@ -8,8 +8,15 @@ Both kinds answer the same three questions, per collection:
   ``limit`` (what a sensor asks on each tick);
 - :meth:`StacSource.get_item` -- one item by id (what indexing an item starts from).
 
-Every failure (server down, bad query, unreadable catalog) raises :class:`StacSourceError` naming the
-source, so a Dagster tick or run says which catalog to look at.
+Every failure (server down, bad query, unreadable catalog, a collection the source does not have)
+raises :class:`StacSourceError` naming the source, so a Dagster tick or run says which catalog to look
+at. A search that selects nothing is no error: an empty list.
+
+API requests are retried on connection errors, timeouts, 429 and 5xx (GET and POST search alike:
+searches are idempotent) with exponential backoff, honouring ``Retry-After``, a bounded number of
+times (:class:`RetrySettings`). An item an API returns on two pages (it moved while we paged) is
+yielded once: its newest version (largest ``updated``; the first seen on a tie), at its first place,
+with a warning naming the repeated ids.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import pystac
 import shapely
@@ -91,6 +98,38 @@ class PolledItem:
     @property
     def position(self) -> tuple[str, str]:
         return (self.updated, self.item_id)
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Retries of STAC API requests: `max_retries` more attempts after the first on connection errors,
+    timeouts and the `statuses`; waits of ``backoff_seconds * 2**(n-1)`` (n-th retry), and a server's
+    ``Retry-After``, each capped at `max_wait_seconds`."""
+
+    max_retries: int = 3
+    backoff_seconds: float = 0.5
+    max_wait_seconds: float = 10.0
+    statuses: tuple[int, ...] = (429, 500, 502, 503, 504)
+
+    def urllib3_retry(self):
+        from urllib3.util.retry import Retry
+
+        cap = float(self.max_wait_seconds)
+
+        class _BoundedRetry(Retry):
+            DEFAULT_BACKOFF_MAX = cap
+
+            def get_retry_after(self, response):  # a server's Retry-After, but never longer than the cap
+                value = super().get_retry_after(response)
+                return None if value is None else min(value, cap)
+
+        n = max(int(self.max_retries), 0)
+        return _BoundedRetry(
+            total=n, connect=n, read=n, status=n, other=0, redirect=5,
+            allowed_methods=frozenset({"GET", "HEAD", "POST"}), status_forcelist=frozenset(self.statuses),
+            backoff_factor=float(self.backoff_seconds), backoff_max=cap, respect_retry_after_header=True,
+            raise_on_status=False,  # the last answer reaches pystac-client, whose error names the status
+        )
 
 
 def canonical_time(value: str | dt.datetime) -> str:
@@ -417,6 +456,7 @@ class StaticCatalogSource(StacSource):
         """Items of one collection: the child catalog/collection with that id, else every item of the
         catalog whose `collection` field names it."""
         catalog = self._catalog()
+        found = False
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -425,11 +465,15 @@ class StaticCatalogSource(StacSource):
                     if item.collection_id is None and child is not None:
                         item.collection_id = collection
                     if item.collection_id == collection:
+                        found = True
                         yield item
         except StacSourceError:
             raise
         except Exception as exc:
             raise self._error(f"cannot read the items of collection {collection!r}", exc) from exc
+        if child is None and not found:
+            raise self._error(f"collection {collection!r}", "the catalog has no such collection "
+                              "(no child catalog of that id and no item naming it)")
 
     def search(self, collection: str, params: SearchParams | None = None) -> list[pystac.Item]:
         params = params or SearchParams()
@@ -476,20 +520,25 @@ class StacApiSource(StacSource):
         headers: Mapping[str, str] | None = None,
         page_size: int = 100,
         timeout: float = 30.0,
+        retry: RetrySettings | None = None,
     ) -> None:
         self.url = url
         self.headers = dict(headers or {})
         self.page_size = int(page_size)
         self.timeout = timeout
+        self.retry = retry if retry is not None else RetrySettings()
         self.name = f"STAC API {url}"
         self._client = None
 
     def client(self):
         if self._client is None:
             import pystac_client
+            from pystac_client.stac_api_io import StacApiIO
 
             try:
-                client = pystac_client.Client.open(self.url, headers=self.headers, timeout=self.timeout)
+                stac_io = StacApiIO(headers=self.headers, timeout=self.timeout, max_retries=self.retry.urllib3_retry())
+                client = pystac_client.Client.open(self.url, stac_io=stac_io, timeout=self.timeout)
+                self._stac_io = stac_io
             except Exception as exc:
                 raise self._error("cannot open the API", exc) from exc
             # Servers often advertise sort/filter/query conformance under other URIs than pystac-client expects.
@@ -515,6 +564,7 @@ class StacApiSource(StacSource):
             "filter": filter_, "filter_lang": filter_lang, "sortby": sortby if sortby is not None else params.sortby,
             "max_items": max_items, "limit": self.page_size, "ids": ids,
         }
+        kwargs.pop("max_items", None)  # counted here, on distinct items (a repeated item is no new one)
         kwargs = {k: v for k, v in kwargs.items() if v not in (None, [], {})}
         try:
             search = self.client().search(**kwargs)
@@ -527,12 +577,49 @@ class StacApiSource(StacSource):
         except Exception as exc:
             raise self._error(f"search of collection {collection!r} failed", exc) from exc
 
+    def _distinct(self, collection: str, items: Iterable[pystac.Item], max_items: int | None, prop: str) -> list[pystac.Item]:
+        """`items` with each id once (its newest version at its first place), at most `max_items`."""
+        kept: dict[str, pystac.Item] = {}
+        repeated: list[str] = []
+        for item in items:
+            seen = kept.get(item.id)
+            if seen is None:
+                if max_items is not None and len(kept) >= max_items:
+                    break
+                kept[item.id] = item
+                continue
+            if item.id not in repeated:
+                repeated.append(item.id)
+            if item_updated(item, prop) > item_updated(seen, prop):
+                kept[item.id] = item
+        if repeated:
+            log.warning("%s: the search of collection %r returned %d items more than once (kept the newest "
+                        "version of each): %s", self.name, collection, len(repeated), ", ".join(repeated[:50])
+                        + (" ..." if len(repeated) > 50 else ""))
+        return list(kept.values())
+
+    def _check_collection(self, collection: str) -> None:
+        """Raise StacSourceError if the API has no such collection (asked only when a search found nothing)."""
+        from pystac_client.exceptions import APIError
+
+        self.client()
+        try:
+            self._stac_io.read_json(f"{self.url.rstrip('/')}/collections/{quote(collection, safe='')}")
+        except APIError as exc:
+            if getattr(exc, "status_code", None) == 404:
+                raise self._error(f"collection {collection!r}", "the API has no such collection (HTTP 404)") from exc
+            raise self._error(f"cannot look up collection {collection!r}", exc) from exc
+        except Exception as exc:
+            raise self._error(f"cannot look up collection {collection!r}", exc) from exc
+
     def search(self, collection: str, params: SearchParams | None = None) -> list[pystac.Item]:
         params = params or SearchParams()
+        items = self._distinct(collection, self._search(collection, params), params.max_items, params.updated_property)
+        if not items:
+            self._check_collection(collection)  # nothing selected, or a collection the API does not have
         if params.selection == SELECTION_ALL:
-            return list(self._search(collection, params, max_items=params.max_items))
-        items = apply_selection(list(self._search(collection, params, max_items=params.max_items)), params)
-        return items
+            return items
+        return apply_selection(items, params)
 
     def poll(self, collection, params=None, after=None, limit=100):
         params = params or SearchParams()
@@ -546,20 +633,33 @@ class StacApiSource(StacSource):
             # properties as text (a timestamp literal fails there), and RFC 3339 UTC times sort as text.
             extra = {"op": ">=", "args": [{"property": prop}, after[0][:19]]}
         sortby = [{"field": f"properties.{prop}", "direction": "asc"}, {"field": "id", "direction": "asc"}]
-        found: list[PolledItem] = []
+        found: dict[str, PolledItem] = {}
+        repeated: list[str] = []
         # Items sharing the cursor's timestamp come back again (>=): skip them, so fetch a little more.
         for item in self._search(collection, params, extra_filter=extra, sortby=sortby):
             polled = PolledItem(collection, item.id, item_updated(item, prop))
             if after is not None and polled.position <= tuple(after):
                 continue
-            found.append(polled)
+            seen = found.get(item.id)
+            if seen is not None:  # on two pages: one run, for the newest version
+                if item.id not in repeated:
+                    repeated.append(item.id)
+                if polled.position > seen.position:
+                    found[item.id] = polled
+                continue
+            found[item.id] = polled
             if len(found) >= limit:
-                break
-        return _after(found, after, limit)
+                break  # a newer version of one of these on a later page is found by the next poll
+        if repeated:
+            log.warning("%s: polling collection %r returned %d items more than once (kept the newest version "
+                        "of each): %s", self.name, collection, len(repeated), ", ".join(repeated[:50]))
+        if not found and after is None:
+            self._check_collection(collection)
+        return _after(found.values(), after, limit)
 
     def get_item(self, collection: str, item_id: str) -> pystac.Item:
         validate_id(item_id, "item")
-        for item in self._search(collection, SearchParams(), ids=[item_id], max_items=1):
+        for item in self._search(collection, SearchParams(), ids=[item_id]):
             if item.id == item_id:
                 return item
         raise self._error(f"no item {item_id!r} in collection {collection!r}", "not found")
@@ -596,7 +696,7 @@ def params_json(params: SearchParams) -> str:
 
 
 __all__ = [
-    "SELECTIONS", "SELECTION_ALL", "SELECTION_LEAST_CLOUDY", "PolledItem", "SearchParams", "StacApiSource",
+    "SELECTIONS", "SELECTION_ALL", "SELECTION_LEAST_CLOUDY", "PolledItem", "RetrySettings", "SearchParams", "StacApiSource",
     "StacSource", "StaticCatalogSource", "apply_selection", "canonical_time", "filter_items", "item_summary",
     "item_updated", "open_source", "params_json", "select_least_cloudy_per_tile_quarter", "tile_of",
 ]

@@ -7,6 +7,7 @@ embedded sample catalog, a storage base under the Dagster home, the presets' chi
 ==============================  =============================================================
 STACCHIP_STAC_API_URL           STAC API to search (pystac-client)
 STACCHIP_STAC_CATALOG           static catalog (path or URL of catalog.json) instead
+STACCHIP_STAC_MAX_RETRIES       retries of a failed STAC API request (default 3, with backoff)
 STACCHIP_MAX_ITEMS_PER_TICK     items a sensor tick requests per collection (default 200)
 STACCHIP_STORAGE_BASE           local folder or s3://bucket/prefix (default $DAGSTER_HOME/stacchip)
 STACCHIP_S3_ENDPOINT_URL        S3-compatible endpoint, e.g. http://127.0.0.1:9000
@@ -37,8 +38,8 @@ from ..hrefs import HrefPolicy
 from ..pipeline import ChipSettings
 from ..rio import AssetAccess, gdal_env
 from ..sample_data import ensure_sample_catalog
-from ..stac_source import StacSource, open_source
-from ..storage import Storage, default_base
+from ..stac_source import RetrySettings, StacSource, open_source
+from ..storage import DEFAULT_S3_MAX_ATTEMPTS, Storage, default_base
 from .presets import CollectionConfig
 
 
@@ -50,6 +51,14 @@ class StacSourceResource(ConfigurableResource):
     catalog_path: Optional[str] = Field(default=None, description="path or URL of a static catalog.json")
     page_size: int = Field(default=100, description="items per page of an API search")
     timeout_seconds: float = Field(default=30.0, description="HTTP timeout of API requests")
+    max_retries: int = Field(
+        default=3, description="retries of an API request (GET or POST search) after connection errors, "
+        "timeouts, 429 and 5xx, with exponential backoff; 0: none",
+    )
+    retry_backoff_seconds: float = Field(default=0.5, description="wait before the first retry, doubled for each next one")
+    retry_max_wait_seconds: float = Field(
+        default=10.0, description="longest single wait between retries (also caps a server's Retry-After)"
+    )
     max_items_per_tick: int = Field(default=200, description="items a sensor tick requests per collection")
     allowed_href_schemes: list[str] = Field(
         default=["http", "https", "s3"], description="URL schemes an item's asset hrefs may use"
@@ -70,9 +79,14 @@ class StacSourceResource(ConfigurableResource):
                     roots.append(str(Path(catalog).resolve().parent))
         return HrefPolicy(schemes=tuple(s.lower() for s in self.allowed_href_schemes), local_roots=tuple(roots))
 
+    def retry(self) -> RetrySettings:
+        return RetrySettings(max_retries=self.max_retries, backoff_seconds=self.retry_backoff_seconds,
+                             max_wait_seconds=self.retry_max_wait_seconds)
+
     def source(self) -> StacSource:
         if self.api_url:
-            return open_source(api_url=self.api_url, page_size=self.page_size, timeout=self.timeout_seconds)
+            return open_source(api_url=self.api_url, page_size=self.page_size, timeout=self.timeout_seconds,
+                               retry=self.retry())
         return open_source(catalog_path=self.catalog_path)
 
     def describe(self) -> str:
@@ -92,6 +106,10 @@ class StorageResource(ConfigurableResource):
     s3_access_key_id: Optional[str] = None
     s3_secret_access_key: Optional[str] = None
     s3_session_token: Optional[str] = None
+    s3_max_attempts: int = Field(
+        default=DEFAULT_S3_MAX_ATTEMPTS, description="attempts of one S3 request of the storage base (the first "
+        "included) on 5xx, throttling and dropped connections, with backoff (boto3/pyarrow standard retry mode)",
+    )
     gdal_options: dict[str, str] = Field(
         default_factory=dict,
         description="extra GDAL configuration options for reading COG assets (override the defaults of "
@@ -110,6 +128,7 @@ class StorageResource(ConfigurableResource):
             access_key_id=self.s3_access_key_id,
             secret_access_key=self.s3_secret_access_key,
             session_token=self.s3_session_token,
+            max_attempts=self.s3_max_attempts,
         )
 
     def asset_access(self) -> AssetAccess:
@@ -180,6 +199,7 @@ def default_resources() -> dict[str, ConfigurableResource]:
             api_url=_env("STACCHIP_STAC_API_URL"),
             catalog_path=_env("STACCHIP_STAC_CATALOG"),
             max_items_per_tick=_env("STACCHIP_MAX_ITEMS_PER_TICK", "int"),
+            max_retries=_env("STACCHIP_STAC_MAX_RETRIES", "int"),
         )),
         "storage": StorageResource(**given(
             base=_env("STACCHIP_STORAGE_BASE"),
