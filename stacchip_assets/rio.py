@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
@@ -141,9 +142,42 @@ class AssetAccess:
         return tuple(s for s in (self.secret_access_key, self.session_token) if s)
 
 
+class RedactCredentials(logging.Filter):
+    """A logging filter that strips signed-URL tokens (and the access's secrets) from log records:
+    rasterio logs dataset names, which are the signed hrefs, at DEBUG level; GDAL's debug messages
+    reach the same loggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record: leave it to logging's own error handling
+            return True
+        clean = redact_credentials(message)
+        for secret in _secrets.get():
+            clean = clean.replace(secret, "<secret>")
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_REDACT = RedactCredentials()
+
+
+def _redact_library_logs() -> None:
+    """Put the filter on rasterio's loggers (filters are not inherited: every existing one gets it)."""
+    for name in ["rasterio", *[n for n in list(logging.root.manager.loggerDict) if n.startswith("rasterio.")]]:
+        target = logging.getLogger(name)
+        if _REDACT not in target.filters:
+            target.addFilter(_REDACT)
+
+
+_redact_library_logs()
+
+
 @contextlib.contextmanager
 def gdal_env(access: AssetAccess | None = None) -> Iterator[AssetAccess]:
     """Apply `access` (default: GDAL's COG settings only) to every asset opened and read inside."""
+    _redact_library_logs()
     access = access if access is not None else AssetAccess()
     signer = load_signer(access.href_signer)
     session = access.session()

@@ -386,7 +386,8 @@ class Storage:
             import boto3
             from botocore.config import Config
 
-            retries = Config(retries={"mode": "standard", "max_attempts": self.max_attempts})
+            # total_max_attempts counts the first attempt (botocore's "max_attempts" would count retries only)
+            retries = Config(retries={"mode": "standard", "total_max_attempts": self.max_attempts})
             self._s3_client = boto3.client("s3", config=retries, **self.s3_options)
         bucket, _, object_key = path.partition("/")
         try:
