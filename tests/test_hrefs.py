@@ -124,3 +124,144 @@ def test_a_chip_index_run_refuses_an_item_pointing_outside_the_catalog(tmp_path,
         other_id = SAMPLE_COLLECTIONS[other][0]
         graph.add_partitions([f"{other}/{other_id}"])
         assert graph.index(f"{other}/{other_id}").success  # items inside the catalog are indexed
+
+
+# -- credentials in hrefs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "href,clean",
+    [
+        ("https://a.blob.core.windows.net/c/x.tif?st=2030-01-01T00%3A00Z&se=2030-01-02&sp=rl&sv=2021&sr=c&sig=abc%3D",
+         "https://a.blob.core.windows.net/c/x.tif"),
+        ("https://b.s3.amazonaws.com/k.tif?versionId=3&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2Fx"
+         "&X-Amz-Date=20300101T000000Z&X-Amz-Expires=60&X-Amz-SignedHeaders=host&X-Amz-Security-Token=t&X-Amz-Signature=s",
+         "https://b.s3.amazonaws.com/k.tif?versionId=3"),
+        ("https://b.s3.amazonaws.com/k.tif?AWSAccessKeyId=AKIA&Expires=1&Signature=s", "https://b.s3.amazonaws.com/k.tif"),
+        ("https://storage.googleapis.com/b/k.tif?X-Goog-Credential=c&X-Goog-Signature=s&alt=media",
+         "https://storage.googleapis.com/b/k.tif?alt=media"),
+        ("https://u:p@example.org/a.tif?token=1&access_token=2&key=3&api_key=4&band=red", "https://example.org/a.tif?band=red"),
+        ("https://example.org/a.tif?st=2030&se=2031", "https://example.org/a.tif?st=2030&se=2031"),  # no SAS signature
+        ("https://example.org/a.tif?version=2&format=COG", "https://example.org/a.tif?version=2&format=COG"),
+        ("s3://bucket/key.tif", "s3://bucket/key.tif"),
+        ("/data/a.tif", "/data/a.tif"),
+    ],
+)
+def test_credentials_are_stripped_from_hrefs_and_harmless_parameters_kept(href, clean):
+    from stacchip_assets.hrefs import has_credentials, strip_credentials
+
+    assert strip_credentials(href) == clean
+    assert has_credentials(href) == (clean != href)
+
+
+def test_credentials_are_redacted_inside_text():
+    from stacchip_assets.hrefs import redact_credentials
+
+    text = ("cannot open https://h/x.tif?st=1&sig=SECRET1: HTTP 403 ('/vsicurl/https://h/y.tif?token=SECRET2'), "
+            "retrying https://h/z.tif?a=1&X-Amz-Signature=SECRET3.")
+    clean = redact_credentials(text)
+    assert "SECRET" not in clean
+    assert clean == ("cannot open https://h/x.tif: HTTP 403 ('/vsicurl/https://h/y.tif'), retrying https://h/z.tif?a=1.")
+
+
+# -- stored items read again: the reader's and the training extraction's policy ------------------------
+
+def test_a_local_rasters_policy_admits_tiffs_only_by_content(tmp_path):
+    policy = HrefPolicy(local_rasters=True)
+    tif = tmp_path / "a.tif"
+    tif.write_bytes(b"II*\x00" + bytes(100))
+    assert policy.check(str(tif)) == str(tif)
+    assert policy.check(str(tmp_path / "missing.tif")) == str(tmp_path / "missing.tif")  # GDAL says it is missing
+    disguised = tmp_path / "vrt.tif"  # GDAL opens by content: a VRT named .tif could point anywhere
+    disguised.write_text('<VRTDataset rasterXSize="1" rasterYSize="1"></VRTDataset>')
+    for href, why in ((str(disguised), "not a TIFF or JPEG 2000"), ("/etc/passwd", "not a TIFF or JPEG 2000"),
+                      (str(tmp_path), "not a regular file"), ("file:///etc/passwd", "scheme 'file'"),
+                      ("/vsicurl/http://169.254.169.254/x.tif", "/vsi")):
+        with pytest.raises(HrefPolicyError, match=why):
+            policy.check(href, item_id="i", asset_key="red")
+    link = tmp_path / "link.tif"
+    os.symlink("/etc/passwd", link)
+    with pytest.raises(HrefPolicyError, match="not a TIFF"):
+        policy.check(str(link))
+
+
+@pytest.fixture(scope="module")
+def indexed_base(tmp_path_factory):
+    """The sample catalog (outside the default sample folder) indexed into a local base."""
+    from stacchip_assets.combine import CombinedIndex
+    from stacchip_assets.pipeline import ChipSettings, index_item
+    from stacchip_assets.stac_source import StaticCatalogSource
+    from stacchip_assets.storage import Storage
+
+    from .dagster_support import copy_catalog, shared_sample
+
+    root = tmp_path_factory.mktemp("reader-policy")
+    catalog = copy_catalog(shared_sample(tmp_path_factory), root / "catalog")
+    storage = Storage(root / "base")
+    source = StaticCatalogSource(catalog)
+    results = [index_item(source.get_item("naip", i.id), storage, ChipSettings(chip_size=256))
+               for i in source.search("naip")]
+    CombinedIndex(storage).update([(r.collection, r.item_id) for r in results])
+    return catalog, storage
+
+
+def _edit_stored_item(storage, row, href: str) -> None:
+    import json
+
+    path = row["item_href"]
+    data = json.loads(open(path).read())
+    for asset in data["assets"].values():
+        asset["href"] = href
+    with open(path, "w") as handle:
+        json.dump(data, handle)
+
+
+@pytest.mark.parametrize("href,why", [("/etc/passwd", "not a TIFF or JPEG 2000"),
+                                      ("/vsicurl/http://169.254.169.254/latest/meta-data/x.tif", "/vsi"),
+                                      ("file:///etc/passwd", "scheme 'file'")])
+def test_read_chip_refuses_a_stored_item_edited_to_point_elsewhere(indexed_base, href, why):
+    from stacchip_assets.combine import CombinedIndex
+    from stacchip_assets.reader import read_chip, read_chip_by_id
+
+    catalog, storage = indexed_base
+    row = CombinedIndex(storage).read().to_pylist()[0]
+    original = open(row["item_href"]).read()
+    try:
+        pixels = read_chip(row)  # the default policy: a real COG outside the sample folder is read
+        assert pixels["image"].shape == (4, 256, 256)
+        strict = HrefPolicy(local_roots=(str(catalog.parent),))
+        assert read_chip(row, href_policy=strict)["image"].shape == (4, 256, 256)
+        with pytest.raises(HrefPolicyError, match="outside the allowed folders"):
+            read_chip(row, href_policy=HrefPolicy(local_roots=(str(catalog.parent / "elsewhere"),)))
+
+        _edit_stored_item(storage, row, href)
+        strict_why = "outside the allowed folders" if href.startswith("/etc") else why
+        for call, reason in ((lambda: read_chip(row), why), (lambda: read_chip(row, href_policy=strict), strict_why),
+                             (lambda: read_chip_by_id(row["chipid"], storage), why)):
+            with pytest.raises(HrefPolicyError) as excinfo:
+                call()
+            message = str(excinfo.value)
+            assert reason in message and repr(row["item_id"]) in message and "'image'" in message, message
+    finally:
+        open(row["item_href"], "w").write(original)
+
+
+def test_training_extraction_refuses_a_stored_item_edited_to_point_elsewhere(indexed_base, tmp_path):
+    from stacchip_assets.combine import CombinedIndex
+    from stacchip_assets.training import TrainingSetConfig, select_chips, write_training_set
+
+    catalog, storage = indexed_base
+    index = CombinedIndex(storage).read()
+    config = TrainingSetConfig(bands={"naip": ["image"]})
+    manifest = write_training_set(select_chips(index, config), config, tmp_path / "ok",
+                                  href_policy=HrefPolicy(local_roots=(str(catalog.parent),)))
+    assert manifest.num_rows == index.num_rows
+    row = index.to_pylist()[0]
+    original = open(row["item_href"]).read()
+    try:
+        _edit_stored_item(storage, row, "/etc/passwd")
+        for policy in (None, HrefPolicy(local_roots=(str(catalog.parent),))):
+            with pytest.raises(HrefPolicyError, match=r"'image'.*/etc/passwd"):
+                write_training_set(select_chips(index, config), config, tmp_path / "bad", href_policy=policy)
+        assert not (tmp_path / "bad").exists()  # nothing published
+    finally:
+        open(row["item_href"], "w").write(original)

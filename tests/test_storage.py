@@ -159,3 +159,74 @@ def test_s3_errors_are_storage_errors(s3_endpoint):
     with pytest.raises(StorageError):
         storage.read_bytes("x")
 
+
+
+# -- credentials and killed writers ---------------------------------------------------------------
+
+def test_signed_hrefs_are_stored_without_their_tokens(tmp_path, naip_item):
+    item = naip_item.clone()
+    item.make_asset_hrefs_absolute()
+    sas = "st=2030-01-01T00%3A00%3A00Z&se=2030-01-02T00%3A00%3A00Z&sp=rl&sv=2021-06-08&sr=c&skoid=x&sig=SAS%2Fsecret%3D"
+    presigned = ("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAX%2F20300101%2Fus-east-1%2Fs3%2Faws4_request"
+                 "&X-Amz-Date=20300101T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
+                 "&X-Amz-Security-Token=SESSION-secret&X-Amz-Signature=0123abcd")
+    key = next(iter(item.assets))
+    item.assets[key].href = f"https://acct.blob.core.windows.net/naip/{key}.tif?{sas}"
+    item.add_asset("presigned", pystac.Asset(f"https://bucket.s3.amazonaws.com/x.tif?versionId=7&{presigned}"))
+    item.add_asset("tokens", pystac.Asset("https://user:pw-secret@example.org/y.tif?format=tif&token=T-secret&key=K-secret"
+                                          "&access_token=A-secret&page=2"))
+    item.add_link(pystac.Link("license", "https://example.org/license?api_key=L-secret&lang=en"))
+    stored = json.loads(Path(Storage(tmp_path).write_item(item, "naip")).read_text())
+    assert stored["assets"][key]["href"] == f"https://acct.blob.core.windows.net/naip/{key}.tif"
+    assert stored["assets"]["presigned"]["href"] == "https://bucket.s3.amazonaws.com/x.tif?versionId=7"
+    assert stored["assets"]["tokens"]["href"] == "https://example.org/y.tif?format=tif&page=2"
+    assert [link["href"] for link in stored["links"] if link["rel"] == "license"] == ["https://example.org/license?lang=en"]
+    text = json.dumps(stored)
+    assert "secret" not in text.lower() and "sig=" not in text and "X-Amz" not in text
+
+
+KILLED_WRITER = r"""
+import sys, time
+from stacchip_assets.storage import Storage
+storage = Storage(sys.argv[1])
+with storage.staged_path("index/naip/x/index_x.parquet") as tmp:
+    with open(tmp, "wb") as handle:
+        handle.write(b"half a file")
+        handle.flush()
+        print(tmp, flush=True)
+        time.sleep(600)
+"""
+
+
+def test_temporaries_of_killed_writers_are_removed_and_never_seen(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    base = tmp_path / "base"
+    storage = Storage(base)
+    storage.write_bytes("index/naip/x/index_x.parquet", b"the whole old file")
+    # a real writer process, killed with SIGKILL in the middle of its write
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(base)], stdout=subprocess.PIPE, text=True)
+    tmp = Path(writer.stdout.readline().strip())
+    assert tmp.parent == base / ".tmp" and tmp.name.endswith(".tmp") and f".{writer.pid}." in tmp.name
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+    writer.stdout.close()
+    assert tmp.read_bytes() == b"half a file"
+    assert (base / "index/naip/x/index_x.parquet").read_bytes() == b"the whole old file"  # the old file, whole
+    assert [e.key for e in storage.list_files()] == ["index/naip/x/index_x.parquet"]  # readers never see .tmp/
+    # a temporary of a live writer (this process) stays; so does one of another host, until it is a day old
+    live = base / ".tmp" / f"{Path(tmp.name).name.split('.')[0]}.{os.getpid()}.{'a' * 12}.tmp"
+    live.write_bytes(b"in progress")
+    foreign = base / ".tmp" / f"otherhost.1.{'b' * 12}.tmp"
+    foreign.write_bytes(b"elsewhere")
+    old_foreign = base / ".tmp" / f"otherhost.2.{'c' * 12}.tmp"
+    old_foreign.write_bytes(b"long gone")
+    os.utime(old_foreign, (1, 1))
+    # the next Storage that writes to the base removes what dead writers left
+    Storage(base).write_bytes("item_sets/naip.json", b"{}")
+    assert not tmp.exists() and not old_foreign.exists()
+    assert live.exists() and foreign.exists()
+    assert sorted(p.name for p in (base / ".tmp").iterdir()) == sorted([live.name, foreign.name])
+    live.unlink()
