@@ -240,3 +240,51 @@ def test_combined_index_follows_new_items_despite_a_failed_one(fresh, monkeypatc
     result = fresh.combine()
     assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
     assert (S2, S2_ITEM) not in CombinedIndex(Storage(fresh.base)).items()
+
+
+def test_combined_index_keeps_the_compacted_tier_up_to_date(fresh):
+    from stacchip_assets.compaction import load_manifest
+    from stacchip_assets.query import query_chips
+
+    def chips(layout: str) -> list[tuple[str, str, int]]:
+        table = query_chips(fresh.base, columns=["collection", "chipid", "chip_size"], layout=layout)
+        return sorted(zip(*(table.column(c).to_pylist() for c in ("collection", "chipid", "chip_size"))))
+
+    index_everything(fresh)  # default "auto": the tier is not enabled for this base, nothing is compacted
+    meta = fresh.latest("combined_index").metadata
+    assert meta["compaction"].value["ran"] is False and "not enabled" in meta["compaction"].value["reason"]
+    assert meta["compacted_tier"].value == {"enabled": False}
+    assert load_manifest(Storage(fresh.base)) is None
+    total = meta["dagster/row_count"].value
+    # enabling it compacts the whole per-item layout once
+    assert fresh.combine(compaction="enable").success
+    meta = fresh.latest("combined_index").metadata
+    report, tier = meta["compaction"].value, meta["compacted_tier"].value
+    assert report["ran"] and report["items_compacted"] == len(ALL_KEYS) and report["delta_rows"] == total
+    assert tier["enabled"] and tier["pending_items"] == 0 and tier["run_rows"] == total and tier["runs"] >= 1
+    assert "Compacted tier:" in meta["summary"].value
+    assert chips("compacted") == chips("per-item")
+    # nothing new: nothing to compact
+    assert fresh.combine().success
+    assert fresh.latest("combined_index").metadata["compaction"].value == {"mode": "auto", "ran": False,
+                                                                           "reason": "no pending items"}
+    # one item re-indexed (128 px chips): the next automatic update folds in exactly that item
+    assert fresh.with_chip_settings(chip_size=128).index(S2_KEY).success
+    assert fresh.combine().success
+    meta = fresh.latest("combined_index").metadata
+    report, tier = meta["compaction"].value, meta["compacted_tier"].value
+    new_rows = Storage(fresh.base).read_index(S2, S2_ITEM).num_rows
+    assert report["ran"] and report["items_compacted"] == 1 and report["delta_rows"] == new_rows
+    assert tier["pending_items"] == 0 and tier["run_rows"] == meta["dagster/row_count"].value
+    compacted = chips("compacted")
+    assert compacted == chips("per-item")
+    assert {size for c, chip, size in compacted if chip.startswith(S2_ITEM)} == {128}
+    # "off" leaves the item pending; the query still reads it from its per-item file
+    landsat = "landsat-c2-l2/LC09_L2SP_107030_20230712_02_T1"
+    assert fresh.with_chip_settings(chip_size=128).index(landsat).success
+    assert fresh.combine(compaction="off").success
+    meta = fresh.latest("combined_index").metadata
+    assert meta["compaction"].value["ran"] is False and meta["compacted_tier"].value["pending_items"] == 1
+    assert chips("compacted") == chips("per-item")
+    assert fresh.combine().success  # the next automatic update catches up
+    assert fresh.latest("combined_index").metadata["compacted_tier"].value["pending_items"] == 0

@@ -17,26 +17,35 @@ turns their results into materialization metadata, data versions and check resul
 import base64
 import hashlib
 import json
+import os
 import re
-from typing import Any, Iterable
+import warnings
+from typing import Any, Iterable, Iterator, Literal
 
 from dagster import (
     AllPartitionMapping,
+    AssetCheckEvaluation,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
     AssetRecordsFilter,
     AutomationCondition,
+    BackfillPolicy,
     Backoff,
+    BetaWarning,
     Config,
+    DagsterEventType,
     DataVersion,
     DynamicPartitionsDefinition,
     Failure,
     MaterializeResult,
     MetadataValue,
+    Output,
+    PreviewWarning,
     RetryPolicy,
     StaticPartitionsDefinition,
     TableColumn,
@@ -44,6 +53,7 @@ from dagster import (
     asset,
 )
 
+from .. import compaction
 from ..combine import CombinedIndex, CombineReport
 from ..errors import AssetReadError, StacchipError, StacSourceError, StorageError
 from ..geoparquet import INDEX_SCHEMA
@@ -149,9 +159,34 @@ def _failure(exc: StacchipError, what: str) -> Failure:
                    allow_retries=transient)
 
 
+#: Partitions per run of a chip_index backfill (``BackfillPolicy.multi_run``); each run indexes its
+#: items one after the other in one process, so 100 items cost one run start instead of 100.
+BACKFILL_PARTITIONS_PER_RUN_ENV = "STACCHIP_BACKFILL_PARTITIONS_PER_RUN"
+DEFAULT_BACKFILL_PARTITIONS_PER_RUN = 100
+
+
+def backfill_partitions_per_run() -> int:
+    """``STACCHIP_BACKFILL_PARTITIONS_PER_RUN`` (default 100), read when the code location loads."""
+    raw = os.environ.get(BACKFILL_PARTITIONS_PER_RUN_ENV, "").strip()
+    if not raw:
+        return DEFAULT_BACKFILL_PARTITIONS_PER_RUN
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise StacchipError(f"{BACKFILL_PARTITIONS_PER_RUN_ENV}={raw!r} must be a whole number of at least 1")
+    return value
+
+
 class CombinedIndexConfig(Config):
     full_rebuild: bool = False
     """Re-derive the combined index from the files (a listing of both folders) instead of the event log."""
+    compaction: Literal["auto", "enable", "off"] = "auto"
+    """Keep the compacted tier (Hilbert-sorted runs + manifest, `stacchip_assets.compaction`) up to date
+    after the update: "auto" compacts the pending items when the tier is enabled for the base (its
+    manifest exists), "enable" also enables it (the first time compacts the whole per-item layout),
+    "off" leaves it alone (queries stay exact: pending items are read from their per-item files)."""
 
 
 def build_assets(collections: list[CollectionConfig]):
@@ -217,46 +252,77 @@ def build_assets(collections: list[CollectionConfig]):
             data_version=DataVersion(version),
         )
 
-    @asset(
-        key=CHIP_INDEX_KEY,
-        partitions_def=item_partitions,
-        deps=[AssetDep(STAC_ITEMS_KEY, partition_mapping=AllPartitionMapping())],
-        check_specs=[AssetCheckSpec(name, asset=CHIP_INDEX_KEY, description=doc) for name, doc in CHIP_INDEX_CHECKS],
-        code_version=CHIP_INDEX_CODE_VERSION,
-        retry_policy=RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL),
-        group_name="stacchip",
-        kinds={"geoparquet"},
-        description="The chip index of one STAC item (dynamic partition `collection/item_id`): "
-        "{base}/index/{collection}/{item_id}/index_{item_id}.parquet, with a quicklook PNG.",
-    )
-    def chip_index(
-        context: AssetExecutionContext,
-        stac_source: StacSourceResource,
-        storage: StorageResource,
-        chip_settings: ChipSettingsResource,
-    ) -> MaterializeResult:
-        collection, item_id = split_item_partition_key(context.partition_key)
-        config = by_collection.get(collection)
-        if config is None:
-            context.log.warning("collection %r is not configured any more: default chip settings", collection)
-        settings = chip_settings.for_collection(config)
-        try:
-            item = stac_source.source().get_item(collection, item_id)
+    def partition_indexer(context: AssetExecutionContext, stac_source: StacSourceResource, storage: StorageResource,
+                          chip_settings: ChipSettingsResource):
+        """A function indexing the item of one partition (raises StacchipError); the STAC source,
+        the storage and the href policy are opened once for all the partitions of a run."""
+        source, store, policy = stac_source.source(), storage.storage(), stac_source.href_policy()
+
+        def index_partition(key: str) -> ItemIndexResult:
+            collection, item_id = split_item_partition_key(key)
+            config = by_collection.get(collection)
+            if config is None:
+                context.log.warning("collection %r is not configured any more: default chip settings", collection)
+            settings = chip_settings.for_collection(config)
+            item = source.get_item(collection, item_id)
             with storage.gdal_env():  # GDAL settings, S3 endpoint/credentials and href signer of the resource
-                result = index_item(item, storage.storage(), settings, collection=collection,
-                                    href_policy=stac_source.href_policy())
-        except StacchipError as exc:
-            raise _failure(exc, f"indexing {collection}/{item_id}") from exc
-        context.log.info("%s: %d chips kept, %d dropped", context.partition_key, result.chips_kept, result.chips_dropped)
-        return MaterializeResult(
-            metadata=chip_index_metadata(result, stac_source.describe()),
-            check_results=[
-                AssetCheckResult(check_name=o.name, passed=o.passed, description=o.description, metadata=o.metadata,
-                                 severity=AssetCheckSeverity.ERROR)
-                for o in result.checks
-            ],
-            data_version=DataVersion(result.content_hash),
+                return index_item(item, store, settings, collection=collection, href_policy=policy)
+
+        return index_partition
+
+    # per-partition check results (preview) and backfill policies (beta) warn in Dagster 1.13
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PreviewWarning)
+        warnings.simplefilter("ignore", BetaWarning)
+        chip_index_check_specs = [
+            AssetCheckSpec(name, asset=CHIP_INDEX_KEY, description=doc, partitions_def=item_partitions)
+            for name, doc in CHIP_INDEX_CHECKS
+        ]
+
+        @asset(
+            key=CHIP_INDEX_KEY,
+            partitions_def=item_partitions,
+            deps=[AssetDep(STAC_ITEMS_KEY, partition_mapping=AllPartitionMapping())],
+            check_specs=chip_index_check_specs,
+            code_version=CHIP_INDEX_CODE_VERSION,
+            retry_policy=RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL),
+            backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=backfill_partitions_per_run()),
+            output_required=False,  # a batch reports its partitions as events (see index_batch)
+            group_name="stacchip",
+            kinds={"geoparquet"},
+            description="The chip index of one STAC item (dynamic partition `collection/item_id`): "
+            "{base}/index/{collection}/{item_id}/index_{item_id}.parquet, with a quicklook PNG. "
+            "Backfills run up to STACCHIP_BACKFILL_PARTITIONS_PER_RUN items per run.",
         )
+        def chip_index(
+            context: AssetExecutionContext,
+            stac_source: StacSourceResource,
+            storage: StorageResource,
+            chip_settings: ChipSettingsResource,
+        ) -> Iterator[Any]:
+            keys = list(context.partition_keys)
+            if len(keys) > 1:  # a backfill run over a range of partitions
+                try:
+                    index_partition = partition_indexer(context, stac_source, storage, chip_settings)
+                except StacchipError as exc:
+                    raise _failure(exc, f"opening the STAC source and storage for {len(keys)} partitions") from exc
+                yield from index_batch(context, keys, index_partition, stac_source.describe())
+                return
+            collection, item_id = split_item_partition_key(context.partition_key)
+            try:
+                result = partition_indexer(context, stac_source, storage, chip_settings)(context.partition_key)
+            except StacchipError as exc:
+                raise _failure(exc, f"indexing {collection}/{item_id}") from exc
+            context.log.info("%s: %d chips kept, %d dropped", context.partition_key, result.chips_kept, result.chips_dropped)
+            yield MaterializeResult(
+                metadata=chip_index_metadata(result, stac_source.describe()),
+                check_results=[
+                    AssetCheckResult(check_name=o.name, passed=o.passed, description=o.description, metadata=o.metadata,
+                                     severity=AssetCheckSeverity.ERROR)
+                    for o in result.checks
+                ],
+                data_version=DataVersion(result.content_hash),
+            )
 
     @asset(
         key=COMBINED_INDEX_KEY,
@@ -319,6 +385,113 @@ def chip_index_metadata(result: ItemIndexResult, source: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
+# chip_index: a run over many partitions (batched backfill)
+# --------------------------------------------------------------------------------------------------
+
+def _provenance_tags(context: AssetExecutionContext) -> dict[str, str]:
+    """The tags Dagster puts on an output's materialization (code version, the input data versions
+    and event pointers of the upstream assets), without the data version: a batch reports each
+    partition as its own AssetMaterialization with its own data version, which the output path
+    cannot do (one data version per output). Built with Dagster's own helpers, so the UI's
+    staleness of a batch-materialized partition is the same as after a single-partition run."""
+    from dagster._core.execution.plan.execute_step import _build_data_version_tags, _get_input_provenance_data
+
+    step = context.get_step_execution_context()
+    provenance = _get_input_provenance_data(CHIP_INDEX_KEY, step)
+    tags = _build_data_version_tags(DataVersion("-"), CHIP_INDEX_CODE_VERSION, provenance, True)
+    return {k: v for k, v in tags.items() if k != "dagster/data_version"}
+
+
+def _materialized_in_run(context: AssetExecutionContext) -> set[str]:
+    """chip_index partitions this run has already materialized (a retried step skips them)."""
+    done: set[str] = set()
+    for entry in context.instance.all_logs(context.run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
+        event = entry.dagster_event
+        if event is not None and event.asset_key == CHIP_INDEX_KEY and event.partition:
+            done.add(event.partition)
+    return done
+
+
+def _target(context: AssetExecutionContext, key: str):
+    """The materialization a check result of partition `key` refers to (the one this run just logged)."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=CHIP_INDEX_KEY, asset_partitions=[key]), limit=1
+    ).records
+    if not records or records[0].run_id != context.run.run_id:
+        return None
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=records[0].storage_id, run_id=records[0].run_id, timestamp=records[0].timestamp
+    )
+
+
+def index_batch(context: AssetExecutionContext, keys: list[str], index_one, source: str) -> Iterator[Any]:
+    """Index the partitions of a backfill run one by one and report each as it is done.
+
+    Every partition that indexes gets its own materialization (its metadata, its data version = the
+    hash of its index, Dagster's provenance tags) and its own check results, logged as events right
+    away. A failing item does not stop the batch: the others are indexed, then the step fails with a
+    `Failure` that names every failed item and its error. Dagster's asset backfill counts the
+    partitions a failed ranged run did materialize and marks only the rest failed, so re-executing
+    the backfill's failed partitions redoes only those. A step retry (RetryPolicy, only when a
+    failure may be transient) skips the partitions this run already materialized.
+    """
+    done = _materialized_in_run(context) if context.retry_number > 0 else set()
+    if done:
+        context.log.info("retry %d: %d of %d partitions already materialized by this run, skipped",
+                         context.retry_number, len(done & set(keys)), len(keys))
+    tags = _provenance_tags(context)
+    failures: dict[str, Failure] = {}
+    indexed = chips = 0
+    for key in keys:
+        if key in done:
+            continue
+        collection, item_id = split_item_partition_key(key)
+        try:
+            result = index_one(key)
+        except StacchipError as exc:
+            failures[key] = _failure(exc, f"indexing {collection}/{item_id}")
+        except Exception as exc:  # noqa: BLE001 (one broken item must not stop the other 99; reported below)
+            failures[key] = Failure(description=f"indexing {collection}/{item_id}: {type(exc).__name__}: {exc}",
+                                    allow_retries=False)
+        if key in failures:
+            context.log.error("%s failed: %s", key, failures[key].description)
+            continue
+        indexed += 1
+        chips += result.chips_kept
+        yield AssetMaterialization(
+            asset_key=CHIP_INDEX_KEY, partition=key, metadata=chip_index_metadata(result, source),
+            tags={**tags, "dagster/data_version": result.content_hash},
+        )
+        target = _target(context, key)
+        for outcome in result.checks:
+            yield AssetCheckEvaluation(
+                asset_key=CHIP_INDEX_KEY, check_name=outcome.name, passed=outcome.passed, metadata=outcome.metadata,
+                description=outcome.description, severity=AssetCheckSeverity.ERROR, blocking=False, partition=key,
+                target_materialization_data=target,
+            )
+    context.log.info("batch of %d partitions: %d indexed (%d chips), %d already done, %d failed",
+                     len(keys), indexed, chips, len(done & set(keys)), len(failures))
+    for output_name in context.assets_def.check_specs_by_output_name:  # the checks' (Nothing) outputs
+        yield Output(None, output_name=output_name)
+    if failures:
+        listing = "; ".join(f"{k}: {f.description}" for k, f in failures.items())
+        raise Failure(
+            description=f"{len(failures)} of {len(keys)} items failed (the other {len(keys) - len(failures)} are "
+            f"materialized; re-run the failed partitions only): {listing}",
+            metadata={
+                "failed_partitions": MetadataValue.json(sorted(failures)),
+                "materialized_partitions": MetadataValue.int(len(keys) - len(failures)),
+                "errors": MetadataValue.json({k: f.description for k, f in failures.items()}),
+            },
+            allow_retries=any(f.allow_retries for f in failures.values()),
+        )
+
+
+# --------------------------------------------------------------------------------------------------
 # combined_index: incremental update from the event log
 # --------------------------------------------------------------------------------------------------
 
@@ -364,6 +537,49 @@ def _apply_totals(state: dict[str, Any], report: CombineReport) -> None:
     state["rows"] = sum(e["rows"] for e in by_collection.values())
 
 
+def compact_combined(context: AssetExecutionContext, store, mode: str) -> dict[str, Any]:
+    """After an update: fold the items it registered as pending into the compacted tier.
+
+    Work is proportional to the pending items (plus the merges of the partitions they land in,
+    see `compaction.compact`); with nothing pending nothing is done. Returns the report, the tier's
+    status and a Markdown line for the metadata."""
+    report: dict[str, Any] = {"mode": mode, "ran": False}
+    try:
+        manifest = compaction.load_manifest(store) if mode != "off" else None
+        enabled = manifest is not None
+        if mode == "off":
+            reason = "compaction off for this run"
+        elif not enabled and mode == "auto":
+            reason = ("the compacted tier is not enabled for this base (run once with "
+                      "`compaction: enable`, or `stacchip_assets.compaction.compact(base)`)")
+        elif enabled and manifest.pending_count() == 0:
+            reason = "no pending items"
+        else:
+            result = compaction.compact(store)
+            report.update({
+                "ran": True, "generation": result.generation, "items_compacted": result.items_compacted,
+                "delta_rows": result.delta_rows, "runs_written": len(result.runs_written),
+                "runs_replaced": len(result.runs_replaced), "rows_written": result.rows_written,
+                "rows_read_from_runs": result.rows_read_from_runs, "merges": result.merges,
+                "rewrites": result.rewrites, "tombstones_added": result.tombstones_added,
+                "tombstones_dropped": result.tombstones_dropped, "files_deleted": result.files_deleted,
+                "partitions": [f"{c}/{y}" for c, y in result.partitions], "seconds": round(result.seconds, 3),
+            })
+            reason = ""
+        status = compaction.status(store)
+    except StacchipError as exc:  # the per-item layout is current; the next run compacts what is pending
+        raise _failure(exc, "compacting the combined index") from exc
+    if report["ran"]:
+        summary = (f"Compacted tier: {report['items_compacted']} pending items ({report['delta_rows']} rows) folded into "
+                   f"{report['runs_written']} new runs, {report['merges']} merges, generation {report['generation']}; "
+                   f"{status['runs']} runs, {status['run_rows']} rows, {status['pending_items']} items pending.")
+        context.log.info(summary)
+    else:
+        report["reason"] = reason
+        summary = f"Compacted tier: not compacted ({reason})."
+    return {"report": report, "status": status, "summary": summary}
+
+
 def update_combined_index(context: AssetExecutionContext, config: CombinedIndexConfig, storage: StorageResource) -> MaterializeResult:
     store = storage.storage()
     combined = CombinedIndex(store)
@@ -403,6 +619,7 @@ def update_combined_index(context: AssetExecutionContext, config: CombinedIndexC
         "combined index: %d items changed (%d rows added, %d removed); %d items, %d rows in all",
         report.items_changed, report.rows_added, report.rows_removed, state["items"], state["rows"],
     )
+    compacted = compact_combined(context, store, config.compaction)
     per_collection = _md_table(
         ["collection", "items", "chips"],
         [(c, e["items"], e["rows"]) for c, e in sorted(state["by_collection"].items())],
@@ -418,6 +635,8 @@ def update_combined_index(context: AssetExecutionContext, config: CombinedIndexC
         "",
         f"Read it with `geopandas.read_parquet({combined.uri!r})` or "
         "`stacchip_assets.combine.read_combined(base)`; pixels with `stacchip_assets.reader.read_chip(row)`.",
+        "",
+        compacted["summary"],
     ])
     return MaterializeResult(
         metadata={
@@ -431,6 +650,8 @@ def update_combined_index(context: AssetExecutionContext, config: CombinedIndexC
             "summary": MetadataValue.md(summary),
             "full_rebuild": MetadataValue.bool(bool(rebuild)),
             "state": MetadataValue.json(state),
+            "compaction": MetadataValue.json(compacted["report"]),
+            "compacted_tier": MetadataValue.json(compacted["status"]),
         },
         data_version=DataVersion(state["version"]),
     )
