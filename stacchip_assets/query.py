@@ -233,6 +233,37 @@ def _scan(storage: Storage, scan: Scan, columns: list[str] | None, use_threads: 
     return INDEX_SCHEMA.empty_table().select(columns) if columns else INDEX_SCHEMA.empty_table()
 
 
+def plan_row_groups(plan: QueryPlan) -> dict[str, int]:
+    """What a plan reads, from the Parquet footers: the files it opens, their row groups and
+    compressed bytes, and the row groups (and compressed bytes) whose statistics pass the scan
+    filters -- the ones the query decodes. Reads only footers (O(files opened))."""
+    files = row_groups_total = row_groups_read = bytes_total = bytes_read = 0
+    for scan in plan.scans:
+        keys = scan.keys
+        if scan.may_be_missing and keys:
+            infos = plan.storage.fs.get_file_info([plan.storage.path(k) for k in keys])
+            keys = [k for k, info in zip(keys, infos) if info.type == pafs.FileType.File]
+        if not keys:
+            continue
+        try:
+            dataset = pads.dataset([plan.storage.path(k) for k in keys], schema=INDEX_SCHEMA, format="parquet",
+                                   filesystem=plan.storage.fs)
+            for fragment in dataset.get_fragments():
+                meta = fragment.metadata
+                files += 1
+                row_groups_total += meta.num_row_groups
+                sizes = [sum(meta.row_group(g).column(c).total_compressed_size for c in range(meta.num_columns))
+                         for g in range(meta.num_row_groups)]
+                bytes_total += sum(sizes)
+                for piece in fragment.split_by_row_group(filter=scan.filter, schema=INDEX_SCHEMA):
+                    row_groups_read += 1
+                    bytes_read += sizes[piece.row_groups[0].id]
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"cannot read the footers of the combined index under {plan.storage.uri('combined')}: {exc}") from exc
+    return {"files_opened": files, "row_groups_total": row_groups_total, "row_groups_read": row_groups_read,
+            "row_group_bytes_read": bytes_read, "row_group_bytes_total": bytes_total}
+
+
 def execute(plan: QueryPlan, columns: list[str] | None = None, *, use_threads: bool = True) -> pa.Table:
     """Run a :class:`QueryPlan`; one table with GeoParquet metadata when it has the geometry."""
     if columns is not None:
@@ -306,4 +337,5 @@ def query_chips_gdf(
     return gdf
 
 
-__all__ = ["QueryPlan", "chip_filter", "execute", "plan_query", "query_boxes", "query_chips", "query_chips_gdf"]
+__all__ = ["QueryPlan", "chip_filter", "execute", "plan_query", "plan_row_groups", "query_boxes", "query_chips",
+           "query_chips_gdf"]

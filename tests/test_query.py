@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +16,7 @@ from stacchip_assets.combine import CombinedIndex
 from stacchip_assets.compaction import compact
 from stacchip_assets.errors import StorageError
 from stacchip_assets.geoparquet import INDEX_SCHEMA
-from stacchip_assets.query import chip_filter, plan_query, query_boxes, query_chips, query_chips_gdf
+from stacchip_assets.query import chip_filter, execute, plan_query, plan_row_groups, query_boxes, query_chips, query_chips_gdf
 from stacchip_assets.storage import Storage
 
 from .test_compaction import SMALL, add_items, canonical, item_table, random_items
@@ -154,6 +155,29 @@ def test_filters_prune_row_groups(states):
             kept += len(fragment.split_by_row_group(filter=scan.filter, schema=INDEX_SCHEMA))
     assert plan.runs_selected < plan.runs_total
     assert kept <= max(2, total // 4)
+
+
+@pytest.mark.parametrize("state", ["plain", "compacted", "mixed"])
+def test_plan_row_groups_counts_what_the_query_reads(states, state):
+    import pyarrow.parquet as pq
+
+    storage = states[state]
+    some = CombinedIndex(storage).read().slice(5, 1).to_pylist()[0]  # a box around one chip, in its year
+    x, y = (some["bbox"]["xmin"] + some["bbox"]["xmax"]) / 2, (some["bbox"]["ymin"] + some["bbox"]["ymax"]) / 2
+    year = some["date"].year
+    plan = plan_query(storage, bbox=(x - 0.05, y - 0.05, x + 0.05, y + 0.05), date_range=(f"{year}-01-01", f"{year}-12-31"))
+    stats = plan_row_groups(plan)
+    existing = [k for k in plan.keys if Path(storage.path(k)).is_file()]
+    footers = [pq.ParquetFile(storage.path(k)).metadata for k in existing]
+    assert stats["files_opened"] == len(existing)
+    assert stats["row_groups_total"] == sum(m.num_row_groups for m in footers)
+    assert stats["row_group_bytes_total"] == sum(
+        m.row_group(g).column(c).total_compressed_size for m in footers for g in range(m.num_row_groups) for c in range(m.num_columns))
+    assert 0 < stats["row_groups_read"] <= stats["row_groups_total"]
+    assert 0 < stats["row_group_bytes_read"] <= stats["row_group_bytes_total"]
+    if state == "compacted":  # sorted runs: the box needs a small part of the row groups it opens
+        assert stats["row_groups_read"] < stats["row_groups_total"]
+    assert execute(plan).num_rows > 0
 
 
 def test_antimeridian(tmp_path):

@@ -23,6 +23,7 @@ from .assets import (
 )
 from .checks import combined_index_checks
 from .presets import CollectionConfig, load_collections
+from .query import chip_query_job
 from .resources import ChipSettingsResource, StacSourceResource, StorageResource, default_resources
 from .sensors import COMBINE_TAG, build_sensors
 from .training import build_training_assets, default_dask_resource
@@ -94,7 +95,7 @@ def build_definitions(
     return Definitions(
         assets=[stac_items, chip_index, combined_index, training_set, band_statistics],
         asset_checks=combined_index_checks,
-        jobs=[stac_items_job, chip_index_job, combined_index_job, training_job],
+        jobs=[stac_items_job, chip_index_job, combined_index_job, training_job, chip_query_job],
         sensors=[stac_item_sensor, combined_index_automation],
         resources=all_resources,
         executor=executor,
