@@ -277,7 +277,16 @@ def run(args) -> dict:
             cursor runIds skipReason error { message } } } } } }"""
         deadline = time.monotonic() + args.timeout
         ticks: list[dict] = []
-        while time.monotonic() < deadline:
+        results["stopped"] = None
+        while True:
+            if time.monotonic() > deadline:
+                results["stopped"] = f"timeout after {args.timeout} s"  # report what was reached
+                break
+            try:
+                time.sleep(2)
+            except KeyboardInterrupt:  # Ctrl-C: stop following the ticks, still report
+                results["stopped"] = "interrupted"
+                break
             if daemon.poll() is not None:
                 raise RuntimeError(f"dagster-daemon exited with {daemon.returncode}: "
                                    f"{(run_dir / 'daemon.log').read_text(errors='replace')[-3000:]}")
@@ -290,9 +299,9 @@ def run(args) -> dict:
                     and tuple(json.loads(t["cursor"])["collections"].get(COLLECTION, [])) == last]
             if done or last is None:
                 break
-            time.sleep(2)
-        else:
-            raise TimeoutError(f"the sensor did not reach the last item within {args.timeout} s")
+        if results["stopped"]:
+            data, _ = graphql(url, ticks_query, {"selector": SENSOR_SELECTOR, "limit": 1000})
+            ticks = [t for t in data["sensorOrError"]["sensorState"]["ticks"] if t["timestamp"] >= daemon_started - 1]
         discovery = sorted((t for t in ticks if t["runIds"]), key=lambda t: t["timestamp"])
         per_tick = [{"runs": len(t["runIds"]), "status": t["status"],
                      "seconds": round(t["endTimestamp"] - t["timestamp"], 2) if t["endTimestamp"] else None}
