@@ -539,3 +539,52 @@ def load_items(server: StacApiServer, items: list[dict], folder: Path, method: s
             raise RuntimeError(f"pypgstac load items failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
     finally:
         path.unlink(missing_ok=True)
+
+
+# -- SeaweedFS that can be killed and restarted on the same data and ports (fault tests) ------------
+
+class RestartableSeaweedFS:
+    """`weed mini` whose ports and data folder outlive its process: `kill()` SIGKILLs its process
+    group (an outage: no shutdown, no flush), `start()` brings it back on the same folder and ports."""
+
+    def __init__(self, folder: Path, access_key: str = "stacchip-test", secret_key: str = "stacchip-secret-1") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.ports = {name: free_port(also_free_offset=10000)
+                      for name in ("master", "volume", "filer", "s3", "webdav", "admin", "debug")}
+        self.server = S3Server(f"http://127.0.0.1:{self.ports['s3']}", access_key, secret_key)
+        self.starts = 0
+
+    def start(self, timeout: float = 60.0) -> S3Server:
+        p = self.ports
+        command = [
+            "weed", "mini", f"-dir={self.folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
+            f"-master.port={p['master']}", f"-volume.port={p['volume']}", f"-filer.port={p['filer']}",
+            f"-s3.port={p['s3']}", f"-webdav.port={p['webdav']}", f"-admin.port={p['admin']}", f"-debug.port={p['debug']}",
+        ]
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=self.server.access_key, AWS_SECRET_ACCESS_KEY=self.server.secret_key)
+        self.starts += 1
+        with open(self.folder / f"weed-{self.starts}.log", "wb") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.server.process = process
+        deadline = time.monotonic() + timeout
+        while True:  # the S3 gateway answers 403 to anonymous requests once it is up
+            try:
+                wait_for_http(self.server.endpoint + "/", timeout=2, process=process)
+                self.server.client().list_buckets()
+                return self.server
+            except Exception:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def kill(self) -> None:
+        process = self.server.process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.server.process is not None:
+            stop_process_group(self.server.process)
