@@ -147,6 +147,7 @@ def _handler(upstream: str, state: _State):
                 response = connection.getresponse()
                 payload = response.read()
                 status = response.status
+                upstream_length = response.getheader("Content-Length")
                 response_headers = [(k, v) for k, v in response.getheaders()
                                     if k.lower() not in ("transfer-encoding", "connection", "content-length", "keep-alive")]
             except OSError as exc:
@@ -161,7 +162,9 @@ def _handler(upstream: str, state: _State):
             self.send_response(status)
             for name, value in response_headers:
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
+            # a HEAD answer has no body: keep the length the upstream gave for the GET
+            length = upstream_length if self.command == "HEAD" and upstream_length is not None else str(len(payload))
+            self.send_header("Content-Length", length)
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(payload)
