@@ -45,6 +45,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .hrefs import HrefPolicy
+
 from .training import (
     ChipTask,
     CollectionLayout,
@@ -201,9 +203,10 @@ class CollectionAccumulator:
         return out
 
 
-def _stats_task(task: ChipTask, *, layout: CollectionLayout, mountpath: str | None = None) -> CollectionAccumulator:
+def _stats_task(task: ChipTask, *, layout: CollectionLayout, mountpath: str | None = None,
+                href_policy: HrefPolicy | None = None) -> CollectionAccumulator:
     acc = CollectionAccumulator(layout)
-    for _, pixels, chipper in iter_task_pixels(task, layout, mountpath=mountpath):
+    for _, pixels, chipper in iter_task_pixels(task, layout, mountpath=mountpath, href_policy=href_policy):
         acc.update(pixels, chipper)
     return acc
 
@@ -224,18 +227,22 @@ def band_statistics(
     *,
     chips_per_task: int = 2048,
     mountpath: str | None = None,
+    href_policy: HrefPolicy | None = None,
 ) -> list[dict[str, Any]]:
     """Per collection and channel statistics of the chips of ``selection`` (one record each).
 
     ``selection`` is typically ``select_chips(index, config)``. With ``client`` (a
     ``distributed.Client``) groups of whole items run on Dask workers; the result is the same.
+    ``href_policy``: what the stored items' asset hrefs may point at (default
+    :func:`stacchip_assets.hrefs.default_read_policy`), as in ``write_training_set``.
     """
     plan = plan_training_set(_as_table(selection), config)
     if plan.num_rows == 0:
         return []
-    layouts = collection_layouts(plan, config, mountpath=mountpath)
+    layouts = collection_layouts(plan, config, mountpath=mountpath, href_policy=href_policy)
     tasks = make_tasks(plan, config, chips_per_task=chips_per_task, whole_shards=False)
-    groups = [([t for t in tasks if t.collection == c], dict(layout=layout, mountpath=mountpath)) for c, layout in layouts.items()]
+    groups = [([t for t in tasks if t.collection == c], dict(layout=layout, mountpath=mountpath, href_policy=href_policy))
+              for c, layout in layouts.items()]
     return merge_results(run_tasks(_stats_task, groups, client=client), layouts)
 
 

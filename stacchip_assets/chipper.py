@@ -22,6 +22,7 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from .errors import AssetGridError, StacchipError
+from .hrefs import strip_credentials
 from .indexer import ChipIndexer
 from .rio import open_asset, read_window
 from .stac import asset_href, check_asset_matches_metadata, raster_asset_keys
@@ -49,7 +50,7 @@ class AssetChipReader:
         if abs(to_asset.b) > 1e-9 or abs(to_asset.d) > 1e-9 or to_asset.a <= 0 or to_asset.e <= 0:
             self.dataset.close()
             raise AssetGridError(
-                f"pixel grid of {href} is rotated or flipped relative to the chip grid ({tuple(to_asset)[:6]})",
+                f"pixel grid of {strip_credentials(href)} is rotated or flipped relative to the chip grid ({tuple(to_asset)[:6]})",
                 item_id=self.item_id, asset_key=key,
             )
         self.scale_x, self.offset_x = to_asset.a, to_asset.c
@@ -60,7 +61,7 @@ class AssetChipReader:
         if x1 <= 0 or y1 <= 0 or x0 >= self.dataset.width or y0 >= self.dataset.height:
             self.dataset.close()
             raise AssetGridError(
-                f"{href} ({self.dataset.width}x{self.dataset.height} px, bounds {tuple(self.dataset.bounds)}) "
+                f"{strip_credentials(href)} ({self.dataset.width}x{self.dataset.height} px, bounds {tuple(self.dataset.bounds)}) "
                 f"does not overlap the chip grid (bounds {indexer.bbox})",
                 item_id=self.item_id, asset_key=key,
             )

@@ -263,5 +263,12 @@ def test_training_extraction_refuses_a_stored_item_edited_to_point_elsewhere(ind
             with pytest.raises(HrefPolicyError, match=r"'image'.*/etc/passwd"):
                 write_training_set(select_chips(index, config), config, tmp_path / "bad", href_policy=policy)
         assert not (tmp_path / "bad").exists()  # nothing published
+        from stacchip_assets.band_stats import band_statistics
+
+        for policy in (None, HrefPolicy(local_roots=(str(catalog.parent),))):
+            with pytest.raises(HrefPolicyError, match=r"'image'.*/etc/passwd"):
+                band_statistics(select_chips(index, config), config, href_policy=policy)
     finally:
         open(row["item_href"], "w").write(original)
+    records = band_statistics(select_chips(index, config), config, href_policy=HrefPolicy(local_roots=(str(catalog.parent),)))
+    assert sum(r["count"] + r["masked"] for r in records if r["band"] == records[0]["band"]) == index.num_rows * 256 * 256

@@ -157,7 +157,8 @@ def build_training_assets(collections: list[CollectionConfig]):
         "set's chips, nodata masked, in one streaming pass.",
     )
     def band_statistics_asset(
-        context: AssetExecutionContext, config: TrainingSetSettings, storage: StorageResource, dask: DaskResource
+        context: AssetExecutionContext, config: TrainingSetSettings, storage: StorageResource, dask: DaskResource,
+        stac_source: StacSourceResource,
     ) -> MaterializeResult:
         core = config.to_core(collections)
         out_dir = _training_dir(storage, config.name)
@@ -174,7 +175,7 @@ def build_training_assets(collections: list[CollectionConfig]):
                     "re-materialize training_set"
                 )
             with dask.client() as client:
-                records = band_statistics(selection, core, client)
+                records = band_statistics(selection, core, client, href_policy=stac_source.href_policy())
         json_path = write_band_statistics_json(records, out_dir / "band_statistics.json")
         write_band_statistics_parquet(records, out_dir / "band_statistics.parquet")
         context.log.info("band statistics of %d bands written to %s", len(records), json_path)
