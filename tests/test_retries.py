@@ -132,11 +132,13 @@ def test_s3_writes_and_reads_succeed_after_transient_failures(s3_server, bucket)
         body = s3_server.client().get_object(Bucket=bucket, Key="base/a/one.json")["Body"].read()
         assert body == b'{"n": 1}'
 
-        # pyarrow (listings, reads), AWS standard retry strategy. (Reads are not checked through the proxy:
-        # it answers HEAD with Content-Length 0, so pyarrow would see an empty object.)
+        # pyarrow (listings, reads), AWS standard retry strategy
         proxy.configure(fail_next=2, statuses=[500])
         assert [e.key for e in store.list_files("a")] == ["a/one.json"]
         assert proxy.stats()["failed"] == 4
+        proxy.configure(fail_next=2, statuses=[503])
+        assert store.read_bytes("a/one.json") == b'{"n": 1}'
+        assert proxy.stats()["failed"] == 6
 
         # the same through the Dagster resource's setting
         resource = StorageResource(base=f"s3://{bucket}/base", s3_endpoint_url=proxy.url, s3_region=s3_server.region,
@@ -144,7 +146,7 @@ def test_s3_writes_and_reads_succeed_after_transient_failures(s3_server, bucket)
                                    s3_max_attempts=3)
         proxy.configure(fail_next=2, statuses=[502])
         resource.storage().write_bytes("a/two.json", b"2")
-        assert proxy.stats()["failed"] == 6
+        assert proxy.stats()["failed"] == 8
 
 
 def test_an_s3_endpoint_that_drops_everything_is_a_storage_error_naming_the_uri(s3_server, bucket):
