@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import os
 import time
 from pathlib import Path
 
@@ -201,6 +203,16 @@ def test_a_ranged_run_reports_each_partition_like_a_single_run(small):
     assert len(chip_ids) == len(set(chip_ids)) and set(chip_ids) == expected_chip_ids(small["grid"])
 
 
+def test_a_backfill_run_of_one_partition_records_its_checks_for_that_partition(small):
+    keys = partition_keys(small["grid"])
+    result = run_range(small, keys[3], keys[3], raise_on_error=True)  # e.g. the last batch of 101 partitions
+    assert [m.partition for m in result.get_asset_materialization_events()] == [keys[3]]
+    assert [e.partition for e in result.get_asset_check_evaluations()] == [keys[3]] * 3
+    history = small["instance"].event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey("chip_index"), "non_empty_or_explained"), limit=10)
+    assert [(h.partition, h.status.value) for h in history] == [(keys[3], "SUCCEEDED")]  # nothing left "planned"
+
+
 def edit_item_json(env, key: str, edit) -> None:
     item_id = key.split("/", 1)[1]
     path = env["catalog"].parent / COLLECTION / item_id / f"{item_id}.json"
@@ -249,7 +261,8 @@ def test_a_retried_batch_redoes_only_the_partitions_that_failed(small):
 
 # -- under dagster dev: 1,000 partitions, a real backfill through the daemon -----------------------
 
-BACKFILL_ITEMS = 1000
+#: the acceptance size; STACCHIP_TEST_BACKFILL_ITEMS runs another (e.g. a smaller one on a slow CI machine)
+BACKFILL_ITEMS = int(os.environ.get("STACCHIP_TEST_BACKFILL_ITEMS", "1000"))
 
 LAUNCH_BACKFILL = """mutation Backfill($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
   __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message stack } ... on Error { message } } }"""
@@ -257,7 +270,10 @@ BACKFILL_STATUS = """query Status($id: String!) { partitionBackfillOrError(backf
   __typename ... on PartitionBackfill { status numPartitions numCancelable error { message } } ... on PythonError { message } } }"""
 
 
+@pytest.mark.timeout(900)  # measured 244 s and 381 s on 2 shared cores (pyproject's default is 300 s)
 def test_backfill_of_1000_items_through_the_daemon(tmp_path):
+    """1,000 partitions, one backfill: 10 runs of 100 through the real daemon and run queue; the
+    combined index then holds exactly the chips the 1,000 grids predict, and its checks pass."""
     require_servers("dagster")
     from .servers import dagster_dev
 
@@ -280,7 +296,7 @@ def test_backfill_of_1000_items_through_the_daemon(tmp_path):
         launched = launched["launchPartitionBackfill"]
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
         backfill_id = launched["backfillId"]
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + 780
         status = None
         while time.monotonic() < deadline:
             status = server.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
@@ -290,7 +306,7 @@ def test_backfill_of_1000_items_through_the_daemon(tmp_path):
         backfill_seconds = time.monotonic() - started
         assert status and status["status"] in ("COMPLETED_SUCCESS", "COMPLETED"), f"{status}\n{server.log_text()[-4000:]}"
         runs = [r for r in server.runs({"dagster/backfill": backfill_id})]
-        assert len(runs) == BACKFILL_ITEMS // 100 and {r["status"] for r in runs} == {"SUCCESS"}  # batches of 100
+        assert len(runs) == math.ceil(BACKFILL_ITEMS / 100) and {r["status"] for r in runs} == {"SUCCESS"}  # batches of 100
         run_id = server.launch_run("combined_index_job")
         server.wait_for_run(run_id=run_id, timeout=300)
         with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -306,5 +322,5 @@ def test_backfill_of_1000_items_through_the_daemon(tmp_path):
     assert latest.metadata["dagster/row_count"].value == len(expected)
     assert latest.metadata["items"].value == BACKFILL_ITEMS
     assert all(c.status.value == "SUCCEEDED" for c in checks.values()), checks
-    print(f"\n1,000-item backfill: {len(expected)} chips; backfill done {backfill_seconds:.0f} s after dagster dev "
+    print(f"\n{BACKFILL_ITEMS}-item backfill: {len(expected)} chips; backfill done {backfill_seconds:.0f} s after dagster dev "
           f"started, {time.monotonic() - started:.0f} s with the combined index")

@@ -301,7 +301,9 @@ def build_assets(collections: list[CollectionConfig]):
             chip_settings: ChipSettingsResource,
         ) -> Iterator[Any]:
             keys = list(context.partition_keys)
-            if len(keys) > 1:  # a backfill run over a range of partitions
+            # a backfill run over a range of partitions (even a range of one: Dagster then records
+            # check results without their partition, so the batch path reports them itself)
+            if context.has_partition_key_range or len(keys) > 1:
                 try:
                     index_partition = partition_indexer(context, stac_source, storage, chip_settings)
                 except StacchipError as exc:
