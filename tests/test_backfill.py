@@ -324,3 +324,80 @@ def test_backfill_of_1000_items_through_the_daemon(tmp_path):
     assert all(c.status.value == "SUCCEEDED" for c in checks.values()), checks
     print(f"\n{BACKFILL_ITEMS}-item backfill: {len(expected)} chips; backfill done {backfill_seconds:.0f} s after dagster dev "
           f"started, {time.monotonic() - started:.0f} s with the combined index")
+
+
+RETRY_BACKFILL = """mutation Retry($params: ReexecutionParams!) { reexecutePartitionBackfill(reexecutionParams: $params) {
+  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } ... on Error { message } } }"""
+BACKFILL_COUNTS = """query Counts($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename ... on PartitionBackfill {
+  status assetBackfillData { assetBackfillStatuses { ... on AssetPartitionsStatusCounts {
+    assetKey { path } numPartitionsTargeted numPartitionsMaterialized numPartitionsFailed } } } } } }"""
+
+
+def wait_for_backfill(server, backfill_id: str, timeout: float = 400) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = server.graphql(BACKFILL_COUNTS, {"id": backfill_id})["partitionBackfillOrError"]
+        if data.get("status") in ("COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED", "COMPLETED"):
+            return data
+        time.sleep(2)
+    raise TimeoutError(f"backfill {backfill_id} not done within {timeout} s: {data}\n{server.log_text()[-3000:]}")
+
+
+@pytest.mark.timeout(600)
+def test_a_backfill_with_broken_items_materializes_the_rest_and_a_retry_redoes_only_the_failed(tmp_path):
+    """Through the daemon, in batches of 5: 2 broken items of 12 fail their runs and the backfill, the
+    other 10 are materialized (Dagster counts a failed ranged run's materialized partitions); once the
+    items are fixed, retrying the backfill from failure indexes exactly the 2."""
+    require_servers("dagster")
+    from .servers import dagster_dev
+
+    grid = item_grid(12, seed=5)
+    catalog = write_catalog(tmp_path / "catalog", grid)
+    keys = partition_keys(grid)
+    broken = [keys[2], keys[7]]  # in the first and second run of 5: no CRS, a permanent failure
+    originals = {}
+    for key in broken:
+        item_id = key.split("/", 1)[1]
+        path = catalog.parent / COLLECTION / item_id / f"{item_id}.json"
+        originals[path] = path.read_text()
+        data = json.loads(originals[path])
+        data["properties"].pop("proj:code")
+        path.write_text(json.dumps(data))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "collections.yaml").write_text(COLLECTIONS_YAML)
+    env = {"STACCHIP_STAC_CATALOG": str(catalog), "STACCHIP_COLLECTIONS_FILE": str(home / "collections.yaml"),
+           "STACCHIP_STORAGE_BASE": str(home / "stacchip"), "STACCHIP_STAC_API_URL": "", "STACCHIP_COLLECTIONS": "",
+           "STACCHIP_S3_ENDPOINT_URL": "", "STACCHIP_BACKFILL_PARTITIONS_PER_RUN": "5"}
+    with dagster_dev(PROJECT, home, env=env) as server:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            instance.add_dynamic_partitions(ITEM_PARTITIONS_NAME, keys)
+        launched = server.graphql(LAUNCH_BACKFILL, {"params": {
+            "partitionNames": keys, "assetSelection": [{"path": ["chip_index"]}]}})["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        first = wait_for_backfill(server, launched["backfillId"])
+        assert first["status"] in ("COMPLETED_FAILED", "FAILED"), first
+        [counts] = first["assetBackfillData"]["assetBackfillStatuses"]
+        assert (counts["numPartitionsTargeted"], counts["numPartitionsMaterialized"], counts["numPartitionsFailed"]) == (12, 10, 2)
+        runs = server.runs({"dagster/backfill": launched["backfillId"]})
+        assert sorted(r["status"] for r in runs) == ["FAILURE", "FAILURE", "SUCCESS"]  # 5 + 5 + 2 partitions
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            assert instance.get_materialized_partitions(dg.AssetKey("chip_index")) == set(keys) - set(broken)
+            first_storage_ids = {r.partition_key: r.storage_id for r in instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("chip_index")), limit=100).records}
+        for path, text in originals.items():  # the publisher fixes the two items
+            path.write_text(text)
+        retried = server.graphql(RETRY_BACKFILL, {"params": {"parentRunId": launched["backfillId"],
+                                                             "strategy": "FROM_FAILURE"}})["reexecutePartitionBackfill"]
+        assert retried["__typename"] == "LaunchBackfillSuccess", retried
+        second = wait_for_backfill(server, retried["backfillId"])
+        assert second["status"] in ("COMPLETED_SUCCESS", "COMPLETED"), second
+        [counts] = second["assetBackfillData"]["assetBackfillStatuses"]
+        assert (counts["numPartitionsTargeted"], counts["numPartitionsMaterialized"], counts["numPartitionsFailed"]) == (2, 2, 0)
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("chip_index")), limit=100).records
+    assert sorted(r.partition_key for r in records if r.storage_id not in first_storage_ids.values()) == sorted(broken)
+    assert {r.partition_key for r in records} == set(keys)
+    storage = Storage(home / "stacchip")
+    ids = {c for k in keys for c in storage.read_index(COLLECTION, k.split("/", 1)[1]).column("chipid").to_pylist()}
+    assert ids == expected_chip_ids(grid)
