@@ -79,7 +79,7 @@ from .combine import CombinedIndex, CombineReport, _folder, combined_key
 from .errors import StorageError
 from .geoparquet import INDEX_SCHEMA, with_geo_metadata
 from .paths import validate_id
-from .storage import COMBINED_DIR, Storage
+from .storage import COMBINED_DIR, FileEntry, Storage
 
 FORMAT = "stacchip-assets/combined-lsm"
 FORMAT_VERSION = 1
@@ -532,6 +532,27 @@ def _read_files(storage: Storage, keys: list[str]) -> pa.Table:
         raise StorageError(f"cannot read per-item files of the combined index: {exc}") from exc
 
 
+def _list_run_files(storage: Storage) -> list[FileEntry]:
+    """Every run file under ``_lsm/runs/`` (``Storage.list_files`` hides the whole ``_lsm`` folder,
+    as it hides every ``_`` or ``.`` name); temporaries (``.name.*.tmp``) are skipped."""
+    selector = pafs.FileSelector(storage.path(RUNS_DIR), recursive=True, allow_not_found=True)
+    try:
+        infos = storage.fs.get_file_info(selector)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot list the runs under {storage.uri(RUNS_DIR)}: {exc}") from exc
+    prefix = storage.path(RUNS_DIR).rstrip("/") + "/"
+    out = []
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.endswith(".parquet") or not info.path.startswith(prefix):
+            continue
+        relative = info.path[len(prefix):]
+        if any(part.startswith(".") for part in relative.split("/")):
+            continue
+        mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
+        out.append(FileEntry(key=f"{RUNS_DIR}/{relative}", size=int(info.size or 0), mtime=mtime))
+    return out
+
+
 def compact(
     storage: Storage | str | None = None,
     collections: Iterable[str] | None = None,
@@ -707,7 +728,7 @@ def compact(
         # 5. delete what no manifest lists any more (after the commit), and files of crashed compactions
         listed = {r.key for r in current_manifest.runs} | {g["key"] for g in current_manifest.garbage}
         leftovers = [
-            e.key for e in storage.list_files(RUNS_DIR, suffix=".parquet")
+            e.key for e in _list_run_files(storage)
             if e.key not in listed and now - e.mtime >= max(settings.grace_seconds, 0.0) and e.key not in report.runs_written
         ]
         for key in [g["key"] for g in expired] + [r.key for r in orphans] + leftovers:
