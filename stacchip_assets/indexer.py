@@ -29,7 +29,7 @@ from .geoparquet import build_index_table, empty_index_table
 from .grid import ChipGrid
 from .hrefs import HrefPolicy
 from .rio import open_asset, read_band
-from .stac import asset_href, check_asset_matches_metadata, chip_grid_source, item_crs, item_datetime
+from .stac import asset_href, check_asset_matches_metadata, chip_grid_source, item_crs, item_datetime, raster_asset_keys
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,9 @@ class ChipIndexer:
     ) -> None:
         self.item = item
         self.href_policy = href_policy
+        if href_policy is not None:  # refuse an untrusted item up front, also when no pixel of it is read (NoStats)
+            for key in raster_asset_keys(item):
+                asset_href(item, key, policy=href_policy)
         self.chip_size = int(chip_size)
         self.chip_max_nodata = float(chip_max_nodata)
         self._shape = None if shape is None else (int(shape[0]), int(shape[1]))

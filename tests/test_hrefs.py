@@ -93,6 +93,25 @@ def test_indexer_and_chipper_check_hrefs_before_gdal_sees_them(tmp_path):
         Chipper(Indexer(item, href_policy=allowed), assets=["red"]).chip(0, 0)
 
 
+def test_an_item_indexed_without_reading_pixels_is_checked_too(tmp_path):
+    """NoStats indexing opens no COG, yet the item is stored and read back later: refuse it up front."""
+    import pystac
+
+    from stacchip_assets.pipeline import ChipSettings, index_item
+    from stacchip_assets.sample_data import SAMPLE_COLLECTIONS, generate_sample_catalog, sample_item_paths
+    from stacchip_assets.storage import Storage
+
+    catalog = generate_sample_catalog(tmp_path / "catalog")
+    item = pystac.Item.from_file(str(sample_item_paths(catalog)[SAMPLE_COLLECTIONS["naip"][0]]))
+    allowed = HrefPolicy(local_roots=(str(tmp_path / "catalog"),))
+    storage = Storage(tmp_path / "base")
+    assert index_item(item, storage, ChipSettings(indexer="nostats"), href_policy=allowed).chips_kept > 0
+    item.assets["image"].href = "file:///etc/hostname"
+    with pytest.raises(HrefPolicyError, match=r"'image'.*file"):
+        index_item(item, Storage(tmp_path / "other"), ChipSettings(indexer="nostats"), href_policy=allowed)
+    assert not (tmp_path / "other").exists()  # nothing stored
+
+
 def test_a_chip_index_run_refuses_an_item_pointing_outside_the_catalog(tmp_path, tmp_path_factory):
     """The code location's policy (default: http, https, s3 and the static catalog's folder)."""
     import json
