@@ -24,6 +24,14 @@ register the items they touch in its manifest; without it they do exactly what t
 Which items changed is decided by the caller (the Dagster asset reads it from the event log, O(changes));
 :func:`plan_sync` finds them without Dagster by comparing modification times of the two folders
 (a listing, no file reads).
+
+Totals kept by a caller (rows and items per collection) are updated by the differences an update
+reports. An update that dies half-way (kill -9, a crash after its copies) has copied files whose
+rows nobody counted; the next update would then take those files as "already there" and under-count.
+``update(..., journal=run_id, committed=last_recorded_run_id)`` prevents that: before copying, the
+update writes ``combined/_journal.json`` with what each item had *before* (existed, rows); a later
+update that finds a journal other than the last recorded one takes its items' "before" from it, not
+from the files. One small file, proportional to the changes since the last recorded update.
 """
 
 from __future__ import annotations
@@ -47,6 +55,10 @@ def _folder(collection: str) -> str:
 
 def _unfolder(name: str) -> str:
     return name.replace("%3D", "=")
+
+
+#: What the last update found before it copied (see the module docstring), hidden from readers.
+JOURNAL_KEY = f"{COMBINED_DIR}/_journal.json"
 
 
 def combined_key(collection: str, item_id: str) -> str:
@@ -115,14 +127,20 @@ class CombinedIndex:
 
     # -- updates ---------------------------------------------------------------------------------
     def _before(self, key: str, item: tuple[str, str], report: CombineReport) -> int:
-        """Rows of an item's current combined file (0 if none), recorded in the report."""
-        exists = self.storage.exists(key)
-        rows = self.storage.parquet_num_rows(key) if exists else 0
-        if item not in report.previous_rows_by_item:
-            report.previous_rows_by_item[item] = rows
-            if exists:
-                report.existed_before.add(item)
+        """Rows of an item's combined file before this update (0 if none), recorded in the report
+        (already there when a journal supplied it)."""
+        if item in report.previous_rows_by_item:
+            return report.previous_rows_by_item[item]
+        exists, rows = self._current(key)
+        report.previous_rows_by_item[item] = rows
+        if exists:
+            report.existed_before.add(item)
         return rows
+
+    def _current(self, key: str) -> tuple[bool, int]:
+        """(exists, rows) of a combined file now (rows from its footer)."""
+        exists = self.storage.exists(key)
+        return exists, self.storage.parquet_num_rows(key) if exists else 0
 
     def upsert(self, collection: str, item_id: str, report: CombineReport | None = None) -> CombineReport:
         """Replace one item's rows with its current per-item index (delete them if it has none).
@@ -163,10 +181,41 @@ class CombinedIndex:
             report.rows_by_item[(collection, item_id)] = 0
         return report
 
-    def update(self, items: Iterable[tuple[str, str]]) -> CombineReport:
-        """Bring the given items up to date (upsert each; items without a per-item index are removed)."""
+    def _journal_baselines(self, keys: list[tuple[str, str]], journal: str, committed: str | None,
+                           report: CombineReport) -> None:
+        """Fill the report's "before" of each key, from an unrecorded update's journal where it has
+        the item, else from the files; then write this update's journal (atomically) before any copy."""
+        before: dict[str, list] = {}
+        if self.storage.exists(JOURNAL_KEY):
+            previous = self.storage.read_json(JOURNAL_KEY)
+            if previous.get("id") != committed:  # an update (or an earlier attempt of this one) never recorded
+                before = dict(previous.get("before", {}))
+        for collection, item_id in keys:
+            name = f"{collection}/{item_id}"
+            if name not in before:
+                before[name] = list(self._current(combined_key(collection, item_id)))
+            existed, rows = before[name]
+            report.previous_rows_by_item[(collection, item_id)] = int(rows)
+            if existed:
+                report.existed_before.add((collection, item_id))
+        self.storage.write_json(JOURNAL_KEY, {"id": journal, "before": before})
+
+    def journal_id(self) -> str | None:
+        """The id of the update that wrote the current journal (None if there is none)."""
+        return self.storage.read_json(JOURNAL_KEY).get("id") if self.storage.exists(JOURNAL_KEY) else None
+
+    def update(self, items: Iterable[tuple[str, str]], *, journal: str | None = None,
+               committed: str | None = None) -> CombineReport:
+        """Bring the given items up to date (upsert each; items without a per-item index are removed).
+
+        With `journal` (an id of this update, e.g. the run id) and `committed` (the id of the last
+        update whose report the caller recorded), what each item had before is journaled first, so a
+        caller's totals stay exact after an update that died half-way (see the module docstring).
+        """
         report = CombineReport()
         keys = list(dict.fromkeys(items))  # de-duplicated, order kept
+        if journal is not None and keys:
+            self._journal_baselines(keys, journal, committed, report)
         with self._registered(keys) as reports:
             reports.append(report)
             for collection, item_id in keys:
@@ -182,15 +231,11 @@ class CombinedIndex:
         orphans = [k for k in combined if k not in sources]
         return sorted(changed), sorted(orphans)
 
-    def sync(self) -> CombineReport:
-        """Update every item whose per-item index changed and drop items whose index is gone."""
+    def sync(self, *, journal: str | None = None, committed: str | None = None) -> CombineReport:
+        """Update every item whose per-item index changed and drop items whose index is gone
+        (an item without a per-item index is removed by ``update``)."""
         changed, orphans = self.plan_sync()
-        with self._registered(changed + orphans) as reports:
-            report = self.update(changed)
-            reports.append(report)
-            for collection, item_id in orphans:
-                self.remove(collection, item_id, report)
-        return report
+        return self.update(changed + orphans, journal=journal, committed=committed)
 
     # -- reading ---------------------------------------------------------------------------------
     def entries(self) -> dict[tuple[str, str], FileEntry]:

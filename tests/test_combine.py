@@ -130,3 +130,38 @@ def test_chips_read_back_from_combined_rows(indexed):
     by_id = read_chip_by_id(row.chipid, storage)
     assert all(np.array_equal(pixels[k], by_id[k]) for k in pixels)
     assert pixels["red"].shape == (1, 256, 256)
+
+
+def _totals(report, rows: int, items: int) -> tuple[int, int]:
+    """A caller's totals moved by an update's report (what the Dagster asset records)."""
+    for item, now in report.rows_by_item.items():
+        rows += now - report.previous_rows_by_item.get(item, 0)
+        items += int(item in report.upserted) - int(item in report.existed_before)
+    return rows, items
+
+
+def test_totals_stay_exact_after_an_update_that_copied_but_was_never_recorded(indexed, tmp_path_factory):
+    source, storage, results = indexed
+    combined = CombinedIndex(storage)
+    first, second, third = ITEMS
+    rows, items = _totals(combined.update([first], journal="run-1", committed=None), 0, 0)
+    assert (rows, items) == (results[first].chips_kept, 1)
+
+    # the first item is re-indexed with other settings (another row count); an update copies it and
+    # the second item, then dies before its caller records anything
+    bigger = index_item(source.get_item(*first), storage, ChipSettings(chip_size=128))
+    assert bigger.chips_kept != results[first].chips_kept
+    combined.update([first, second], journal="run-2-killed", committed="run-1")
+    assert combined.journal_id() == "run-2-killed"
+
+    # the re-run finds the files already copied, yet counts from what was recorded
+    report = combined.update([first, second, third], journal="run-3", committed="run-1")
+    assert report.previous_rows_by_item[first] == results[first].chips_kept and second not in report.existed_before
+    rows, items = _totals(report, rows, items)
+    assert (rows, items) == (combined.num_rows(), 3) == (
+        bigger.chips_kept + results[second].chips_kept + results[third].chips_kept, 3)
+
+    # once run-3 is recorded its journal is history: the next update counts from the files again
+    report = combined.update([second], journal="run-4", committed="run-3")
+    assert report.previous_rows_by_item[second] == results[second].chips_kept and second in report.existed_before
+    assert _totals(report, rows, items) == (rows, items)

@@ -417,8 +417,6 @@ def test_kill_9_in_the_middle_of_the_first_combined_update(first_update_killed, 
         assert outcome.checks["unique_chip_ids"] and outcome.checks["every_materialized_item_present"]
 
 
-@pytest.mark.xfail(strict=True, reason="combined_index's recorded totals skip the items a killed update had already "
-                   "copied (CombinedIndex reports them as existing before), so row_count_equals_sum fails after the re-run")
 def test_the_combined_totals_after_a_killed_first_update_equal_the_files(first_update_killed, clean):
     _, clean_ids = clean
     for outcome in first_update_killed:

@@ -590,10 +590,12 @@ def update_combined_index(context: AssetExecutionContext, config: CombinedIndexC
     state: dict[str, Any] = {"event_cursor": None, "items": 0, "rows": 0, "by_collection": {}, "version": ""}
     if previous is not None and not config.full_rebuild:
         state.update(previous)
+    committed = state.get("journal")  # the combined journal of the last recorded update (see combine.py)
     if rebuild:
         _, last = changed_items_since(context.instance, None)
-        report = combined.sync()
-        state.update({"event_cursor": last, "by_collection": {}})
+        report = combined.sync(journal=context.run_id, committed=committed)
+        # totals are recounted from the files below: whatever journal is there is accounted for
+        state.update({"event_cursor": last, "by_collection": {}, "journal": combined.journal_id()})
         for (collection, _item), entry in combined.entries().items():
             totals = state["by_collection"].setdefault(collection, {"items": 0, "rows": 0})
             totals["items"] += 1
@@ -606,9 +608,11 @@ def update_combined_index(context: AssetExecutionContext, config: CombinedIndexC
         changed, last = changed_items_since(context.instance, state.get("event_cursor"))
         item_versions = changed
         keys = [split_item_partition_key(k) for k in sorted(changed)]
-        report = combined.update(keys)
+        report = combined.update(keys, journal=context.run_id, committed=committed)
         _apply_totals(state, report)
         state["event_cursor"] = last
+        if keys:
+            state["journal"] = context.run_id
         changes = keys
     # data version: a rolling hash over the updates (O(changes)); unchanged when nothing changed
     digest = hashlib.sha256(str(state.get("version", "")).encode())
