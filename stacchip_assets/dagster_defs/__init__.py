@@ -75,13 +75,16 @@ def build_definitions(
         "stac_items_job", selection=AssetSelection.assets(stac_items),
         executor_def=executor, description="Search and store the item set of one collection.",
     )
+    # dagster/max_runtime: with run monitoring on (dagster.yaml), a run whose process died (kill -9,
+    # a lost machine) is cancelled after this long instead of holding its queue slot for good.
     chip_index_job = define_asset_job(
-        "chip_index_job", selection=AssetSelection.assets(chip_index),
+        "chip_index_job", selection=AssetSelection.assets(chip_index), tags={"dagster/max_runtime": "3600"},
         executor_def=executor, description="Index one STAC item (one run per item, in process).",
     )
     combined_index_job = define_asset_job(
         "combined_index_job", selection=AssetSelection.assets(combined_index), executor_def=executor,
-        tags=COMBINE_TAG, description="Bring the combined index up to date and run its checks.",
+        tags={**COMBINE_TAG, "dagster/max_runtime": "21600"},
+        description="Bring the combined index up to date and run its checks.",
     )
     training_set, band_statistics = build_training_assets(collections)
     training_job = define_asset_job(

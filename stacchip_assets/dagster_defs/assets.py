@@ -67,6 +67,11 @@ STAC_ITEMS_KEY = AssetKey("stac_items")
 CHIP_INDEX_KEY = AssetKey("chip_index")
 COMBINED_INDEX_KEY = AssetKey("combined_index")
 
+#: Concurrency pools (limits set in the instance: deploy/*.yaml `concurrency.pools`, or
+#: `dagster instance concurrency set <pool> <n>`; unlimited when the instance sets none).
+INDEX_POOL = "stacchip_index"
+COMBINE_POOL = "stacchip_combine"
+
 #: Name of the dynamic partitions definition of chip_index (one partition per STAC item).
 ITEM_PARTITIONS_NAME = "stac_items_dynamic"
 item_partitions = DynamicPartitionsDefinition(name=ITEM_PARTITIONS_NAME)
@@ -288,6 +293,7 @@ def build_assets(collections: list[CollectionConfig]):
             retry_policy=RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL),
             backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=backfill_partitions_per_run()),
             output_required=False,  # a batch reports its partitions as events (see index_batch)
+            pool=INDEX_POOL,
             group_name="stacchip",
             kinds={"geoparquet"},
             description="The chip index of one STAC item (dynamic partition `collection/item_id`): "
@@ -331,6 +337,7 @@ def build_assets(collections: list[CollectionConfig]):
         deps=[CHIP_INDEX_KEY],
         code_version=COMBINED_INDEX_CODE_VERSION,
         automation_condition=COMBINED_AUTOMATION_CONDITION,
+        pool=COMBINE_POOL,
         group_name="stacchip",
         kinds={"geoparquet"},
         description="All chip indexes in one GeoParquet dataset ({base}/combined/{collection}/{item_id}.parquet), "

@@ -8,7 +8,7 @@ retried by hand (Dagster never relaunches a run key). A failing source raises: t
 the cursor stays where it was.
 
 At scale: a tick asks each collection for at most `max_items_per_tick` items
-(STACCHIP_MAX_ITEMS_PER_TICK, default 200) and the next tick carries on from the cursor, so a backlog
+(STACCHIP_MAX_ITEMS_PER_TICK, default 100) and the next tick carries on from the cursor, so a backlog
 of thousands of items is worked off over successive ticks, each well inside Dagster's 60 s limit.
 Which of a tick's items are new partitions is one bounded query to the instance for the tick's keys
 (not one per item, and not a listing of every partition), and only new keys are requested.
