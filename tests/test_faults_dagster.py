@@ -447,3 +447,53 @@ def test_kill_9_while_a_combined_update_rewrites_its_files(sample_catalog, clean
     assert_whole_and_equal_to_clean(outcome, clean)
     assert outcome.combined_ids_before_rerun == clean[1]  # the snapshot of round 1 stays whole meanwhile
     assert all(outcome.checks.values()), outcome.checks
+
+
+def test_run_monitoring_cancels_a_run_whose_process_was_killed(sample_catalog, tmp_path):
+    """A killed run never reports its end; the project's run monitoring (dagster.yaml) cancels it once it
+    outlives its dagster/max_runtime, so it does not hold a queue slot (or the combine limit) for good.
+    The intervals are shortened here, and the killed run's max_runtime tag set to 1 s, as an operator
+    could: the test need not wait an hour."""
+    import yaml
+    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+    from .servers import stop_process_group
+
+    deployment = Deployment.create(tmp_path, sample_catalog)
+    config = yaml.safe_load((deployment.home / "dagster.yaml").read_text())
+    assert config["run_monitoring"]["enabled"] is True and config["run_monitoring"]["max_runtime_seconds"] > 0
+    config["run_monitoring"].update(poll_interval_seconds=1, cancel_timeout_seconds=1)
+    (deployment.home / "dagster.yaml").write_text(yaml.safe_dump(config))
+
+    worker = deployment.start(rounds=20)
+    wait_for_line(worker, "round 1")
+    worker.stdout.readline()  # the first run ended; wait for the next one to start, then kill it
+    with deployment.instance() as instance:
+        deadline = time.monotonic() + 60
+        while not (started := instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))):
+            assert time.monotonic() < deadline, "no run started"
+            time.sleep(0.05)
+        kill_group(worker)
+        run = started[0]
+        assert run.tags["dagster/max_runtime"] == "3600", run.tags  # chip_index_job's own limit
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED  # the default launcher cannot tell
+        instance.add_run_tags(run.run_id, {"dagster/max_runtime": "1"})
+
+    # the daemon with no code location: run monitoring needs none (and no sensor may launch runs here)
+    (tmp_path / "workspace.yaml").write_text("load_from: []\n")
+    daemon = subprocess.Popen(["dagster-daemon", "run", "-w", str(tmp_path / "workspace.yaml")], cwd=tmp_path,
+                              env=deployment.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    try:
+        with deployment.instance() as instance:
+            deadline = time.monotonic() + 120
+            while not (ended := instance.get_run_by_id(run.run_id)).is_finished:
+                assert daemon.poll() is None, daemon.stderr.read()[-3000:]
+                assert time.monotonic() < deadline, f"run still {ended.status}"
+                time.sleep(0.5)
+            messages = [e.message for e in instance.all_logs(run.run_id) if e.message]
+    finally:
+        stop_process_group(daemon)
+    # failed (the launcher could not reach the dead process) or cancelled: either way it frees its slot
+    assert ended.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED), ended.status
+    assert any("maximum runtime of 1 seconds" in m for m in messages), messages[-5:]
