@@ -24,9 +24,7 @@ import contextlib
 import http.client
 import http.server
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -226,20 +224,10 @@ class FaultProxy:
 @contextlib.contextmanager
 def fault_proxy(upstream: str, *, seed: int = 0) -> Iterator[FaultProxy]:
     """Start a proxy to `upstream` (``http://host:port``) on a free port; no faults until configured."""
-    process = subprocess.Popen([sys.executable, __file__, upstream, "--seed", str(seed)],
-                               stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        port = int(process.stdout.readline())
+    from .http_server import child_server  # the parent only: the child runs this file as a script
+
+    with child_server([sys.executable, __file__, upstream, "--seed", str(seed)]) as (process, port):
         yield FaultProxy(url=f"http://127.0.0.1:{port}", upstream=upstream, process=process)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        process.stdout.close()
 
 
 if __name__ == "__main__":

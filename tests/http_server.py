@@ -95,22 +95,16 @@ class RangeRequestHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve_directory(directory: str, *, require_token: str | None = None, request_log: str | None = None) -> Iterator[str]:
-    """Serve `directory` on a free port from a child process (its own process group); yields the base URL.
+def child_server(command: list[str]) -> Iterator[tuple[subprocess.Popen, int]]:
+    """Run a server script in a child process (its own process group) that prints its port first;
+    yields (process, port) and stops the whole group afterwards.
 
     A child process, not a thread: rasterio holds the GIL while GDAL opens a URL, so a server
-    thread in the test process could never answer. With `require_token`, every request must carry
-    exactly that query string (else 403); `request_log` receives one line per request.
+    thread in the test process could never answer.
     """
-    command = [sys.executable, __file__, str(directory)]
-    if require_token is not None:
-        command += ["--token", require_token]
-    if request_log is not None:
-        command += ["--log", str(request_log)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        port = int(process.stdout.readline())
-        yield f"http://127.0.0.1:{port}"
+        yield process, int(process.stdout.readline())
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -120,6 +114,22 @@ def serve_directory(directory: str, *, require_token: str | None = None, request
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
         process.stdout.close()
+
+
+@contextlib.contextmanager
+def serve_directory(directory: str, *, require_token: str | None = None, request_log: str | None = None) -> Iterator[str]:
+    """Serve `directory` on a free port from a child process (:func:`child_server`); yields the base URL.
+
+    With `require_token`, every request must carry exactly that query string (else 403);
+    `request_log` receives one line per request.
+    """
+    command = [sys.executable, __file__, str(directory)]
+    if require_token is not None:
+        command += ["--token", require_token]
+    if request_log is not None:
+        command += ["--log", str(request_log)]
+    with child_server(command) as (_, port):
+        yield f"http://127.0.0.1:{port}"
 
 
 if __name__ == "__main__":

@@ -226,48 +226,28 @@ def _as_cluster_owner(*args: str, env: dict | None = None) -> None:
 
 @contextlib.contextmanager
 def pgstac_api(folder: Path | None = None) -> Iterator[StacApiServer]:
-    """stac-fastapi-pgstac with the transactions extension on a throwaway PostgreSQL cluster.
+    """stac-fastapi-pgstac with the transactions extension on a throwaway PostgreSQL cluster
+    (:func:`postgres_cluster`, database ``pgstac`` migrated by pypgstac).
 
-    The cluster lives in a fresh private folder under the system temp dir (owned by `postgres` when
-    running as root: pytest's own temp folders are mode 0700 and root's, so `postgres` could not
-    enter them); `folder` (default: that folder) receives the API log. Both are removed afterwards
-    if they were created here.
+    `folder` (default: a fresh temporary folder, removed afterwards) receives the API log.
     """
-    cluster_dir = Path(tempfile.mkdtemp(prefix="stacchip-pgstac-"))
-    if os.geteuid() == 0:
-        shutil.chown(cluster_dir, "postgres", "postgres")
-    folder = Path(folder) if folder is not None else cluster_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    pg_port = free_port()
-    data = cluster_dir / "data"
-    started = False
-    try:
-        _as_cluster_owner(str(PGBIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
-        _as_cluster_owner(
-            str(PGBIN / "pg_ctl"), "-D", str(data), "-l", str(cluster_dir / "pg.log"), "-w", "start",
-            "-o", f"-p {pg_port} -k {cluster_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off",
-        )
-        started = True
-        pg_env = {"PGHOST": "127.0.0.1", "PGPORT": str(pg_port), "PGUSER": "postgres", "PGPASSWORD": "unused",
-                  "PGDATABASE": "pgstac"}
-        server = StacApiServer(url="", pg_env=pg_env, folder=folder, api_port=free_port())
-        server.url = f"http://127.0.0.1:{server.api_port}"
-        env = dict(os.environ, **pg_env)
-        for command in (["psql", "-d", "postgres", "-c", "create database pgstac"], ["pypgstac", "migrate"]):
-            result = subprocess.run(command, env=env, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip()}")
-        server.start_api()
+    with postgres_cluster("pgstac") as database:
+        log_dir = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="stacchip-pgstac-"))
+        log_dir.mkdir(parents=True, exist_ok=True)
         try:
-            yield server
+            server = StacApiServer(url="", pg_env=database.env, folder=log_dir, api_port=free_port())
+            server.url = f"http://127.0.0.1:{server.api_port}"
+            result = subprocess.run(["pypgstac", "migrate"], env=dict(os.environ, **database.env), capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"pypgstac migrate failed: {result.stderr.strip()}")
+            server.start_api()
+            try:
+                yield server
+            finally:
+                server.stop_api()
         finally:
-            server.stop_api()
-    finally:
-        if started:
-            with contextlib.suppress(RuntimeError):
-                _as_cluster_owner(str(PGBIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(cluster_dir, ignore_errors=True)
+            if folder is None:
+                shutil.rmtree(log_dir, ignore_errors=True)
 
 
 # -- dagster dev ------------------------------------------------------------------------------------
