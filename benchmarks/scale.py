@@ -331,7 +331,7 @@ def main(argv=None) -> int:
     parser.add_argument("--partitions", type=int, default=100_000, help="item partitions registered first (100000)")
     parser.add_argument("--items", type=int, default=10_000, help="new items the sensor must discover (10000)")
     parser.add_argument("--quick", action="store_true", help="10000 partitions and 1000 items")
-    parser.add_argument("--cap", type=int, default=200, help="STACCHIP_MAX_ITEMS_PER_TICK (200, the default)")
+    parser.add_argument("--cap", type=int, default=100, help="STACCHIP_MAX_ITEMS_PER_TICK (100, the default)")
     parser.add_argument("--interval", type=int, default=5, help="STACCHIP_SENSOR_INTERVAL_SECONDS (5)")
     parser.add_argument("--materialized", type=int, default=1000, help="partitions marked materialized (1000)")
     parser.add_argument("--repeat", type=int, default=3, help="times each UI query is sent (3)")
