@@ -122,3 +122,21 @@ class Graph:
             ).records
             event = records[0].event_log_entry if records else None
         return event.asset_materialization if event is not None else None
+
+
+def launch_tick_runs(instance: dg.DagsterInstance, defs: dg.Definitions, result: dg.SensorResult,
+                     sensor: str = "stac_item_sensor", raise_on_error: bool = True) -> list[tuple[dg.RunRequest, Any]]:
+    """What the daemon does with a sensor tick's result: add its partitions, then run each request
+    in process unless its run key was launched before. Returns (request, in-process result) of each run."""
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    job = defs.resolve_job_def("chip_index_job")
+    launched = []
+    for request in result.run_requests or []:
+        tags = {"dagster/sensor_name": sensor, "dagster/run_key": request.run_key}
+        if instance.get_runs(filters=dg.RunsFilter(tags=tags), limit=1):
+            continue  # the daemon never launches a run key twice
+        outcome = job.execute_in_process(partition_key=request.partition_key, instance=instance,
+                                         tags={**request.tags, **tags}, run_config=QUIET, raise_on_error=raise_on_error)
+        launched.append((request, outcome))
+    return launched

@@ -41,7 +41,7 @@ from stacchip_assets.stac_source import SearchParams
 from stacchip_assets.storage import Storage
 
 from .conftest import DAGSTER_DEV_COLLECTION
-from .dagster_support import QUIET
+from .dagster_support import QUIET, launch_tick_runs
 from .http_server import TEST_TOKEN, serve_directory
 from .servers import collection_json, item_json, local_item
 
@@ -118,20 +118,10 @@ class Pipeline:
 
     def carry_out(self, result: dg.SensorResult, raise_on_error: bool = True) -> list[str]:
         """What the daemon does with a tick's result; returns the partitions that were run."""
-        for request in result.dynamic_partitions_requests or []:
-            self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        job = self.defs.resolve_job_def("chip_index_job")
-        executed = []
-        for request in result.run_requests or []:
-            tags = {"dagster/sensor_name": SENSOR, "dagster/run_key": request.run_key}
-            if self.instance.get_runs(filters=dg.RunsFilter(tags=tags), limit=1):
-                continue  # the daemon never launches a run key twice
-            outcome = job.execute_in_process(partition_key=request.partition_key, instance=self.instance,
-                                             tags={**request.tags, **tags}, run_config=QUIET, raise_on_error=raise_on_error)
-            assert outcome.success or not raise_on_error
-            executed.append(request.partition_key)
-            self.last_run = outcome
-        return executed
+        launched = launch_tick_runs(self.instance, self.defs, result, SENSOR, raise_on_error)
+        if launched:
+            self.last_run = launched[-1][1]
+        return [request.partition_key for request, _ in launched]
 
     def combine(self) -> dg.AssetMaterialization:
         outcome = self.defs.resolve_job_def("combined_index_job").execute_in_process(instance=self.instance, run_config=QUIET)

@@ -34,7 +34,7 @@ from stacchip_assets.dagster_defs import (
 from stacchip_assets.errors import StacchipError
 from stacchip_assets.stac_source import SearchParams, canonical_time
 
-from .dagster_support import QUIET
+from .dagster_support import QUIET, launch_tick_runs
 from .fault_proxy import fault_proxy
 from .servers import collection_json, item_json
 from .test_e2e_stac_api import ASSETS, IDS, S2, SENSOR, SETTINGS
@@ -72,18 +72,8 @@ class Graph:
 
     def carry_out(self, result: dg.SensorResult) -> list[tuple[str, bool]]:
         """What the daemon does with a tick's result: (run key, success) of the runs it launched."""
-        for request in result.dynamic_partitions_requests or []:
-            self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        job = self.defs.resolve_job_def("chip_index_job")
-        launched = []
-        for request in result.run_requests or []:
-            tags = {"dagster/sensor_name": SENSOR, "dagster/run_key": request.run_key}
-            if self.instance.get_runs(filters=dg.RunsFilter(tags=tags), limit=1):
-                continue  # the daemon never launches a run key twice
-            outcome = job.execute_in_process(partition_key=request.partition_key, instance=self.instance,
-                                             tags={**request.tags, **tags}, run_config=QUIET, raise_on_error=False)
-            launched.append((request.run_key, outcome.success))
-        return launched
+        return [(request.run_key, outcome.success) for request, outcome in
+                launch_tick_runs(self.instance, self.defs, result, SENSOR, raise_on_error=False)]
 
     def combine(self) -> None:
         outcome = self.defs.resolve_job_def("combined_index_job").execute_in_process(instance=self.instance, run_config=QUIET)
