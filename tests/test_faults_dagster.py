@@ -347,23 +347,31 @@ def _temporary_created(folder, mask, name) -> bool:
 WRITES_PER_RUN, INDEX_WRITE = 3, 2
 
 
-@pytest.mark.parametrize("nth", [1, 4, 7])
-def test_kill_9_while_a_run_rewrites_a_per_item_index(sample_catalog, clean, tmp_path, nth, record_property):
-    """Round 2 rewrites every index over the one of round 1: the kill lands when the nth run of the
-    round creates the temporary file of its index."""
-    deployment = Deployment.create(tmp_path, sample_catalog)
+def kill_at_a_round_2_temporary(root: Path, sample_catalog: Path, nth: int, after_runs: int = 0) -> Outcome:
+    """Rounds of runs; in round 2, after `after_runs` runs have reported, SIGKILL the worker the moment
+    it creates its nth temporary file; then re-run (see kill_and_rerun)."""
+    deployment = Deployment.create(root, sample_catalog)
     worker = deployment.start(rounds=20)
     notify = Inotify()
     try:
         def kill():
             wait_for_line(worker, "round 2")
+            for _ in range(after_runs):
+                worker.stdout.readline()
             notify.watch(deployment.base / ".tmp")
-            kill_on_event(worker, notify, _temporary_created, nth=WRITES_PER_RUN * (nth - 1) + INDEX_WRITE)
+            kill_on_event(worker, notify, _temporary_created, nth=nth)
             kill_group(worker)
 
-        outcome = kill_and_rerun(deployment, kill)
+        return kill_and_rerun(deployment, kill)
     finally:
         notify.close()
+
+
+@pytest.mark.parametrize("nth", [1, 4, 7])
+def test_kill_9_while_a_run_rewrites_a_per_item_index(sample_catalog, clean, tmp_path, nth, record_property):
+    """Round 2 rewrites every index over the one of round 1: the kill lands when the nth run of the
+    round creates the temporary file of its index."""
+    outcome = kill_at_a_round_2_temporary(tmp_path, sample_catalog, WRITES_PER_RUN * (nth - 1) + INDEX_WRITE)
     report(record_property, f"at the index write of run {nth} of round 2", outcome)
     assert len(outcome.killed) == 1 and outcome.killed[0][1] == ALL_KEYS[nth - 1], outcome.killed
     assert all("(parquet" in t or "(b''" in t for t in outcome.temporaries), outcome.temporaries  # the index's
@@ -427,21 +435,8 @@ def test_the_combined_totals_after_a_killed_first_update_equal_the_files(first_u
 @pytest.mark.parametrize("nth", [2, 6])
 def test_kill_9_while_a_combined_update_rewrites_its_files(sample_catalog, clean, tmp_path, nth, record_property):
     """Round 2's combined update rewrites every item's file: the kill lands at its nth temporary file."""
-    deployment = Deployment.create(tmp_path, sample_catalog)
-    worker = deployment.start(rounds=20)
-    notify = Inotify()
-    try:
-        def kill():
-            wait_for_line(worker, "round 2")
-            for _ in ALL_KEYS:  # the chip_index runs of round 2, then its combined run
-                worker.stdout.readline()
-            notify.watch(deployment.base / ".tmp")
-            kill_on_event(worker, notify, _temporary_created, nth=nth)
-            kill_group(worker)
-
-        outcome = kill_and_rerun(deployment, kill)
-    finally:
-        notify.close()
+    # the chip_index runs of round 2 report first, then its combined run writes
+    outcome = kill_at_a_round_2_temporary(tmp_path, sample_catalog, nth, after_runs=len(ALL_KEYS))
     report(record_property, f"round 2 combined update, at its temporary file {nth}", outcome)
     assert len(outcome.killed) == 1 and outcome.killed[0][1] == "combined_index_job", outcome.killed
     assert_whole_and_equal_to_clean(outcome, clean)
