@@ -152,6 +152,7 @@ class Chipper:
         mountpath: str | Path | None = None,
         assets: Sequence[str] | None = None,
         asset_blacklist: Sequence[str] | None = None,
+        *,
         limits: ReadLimits | None = None,
     ) -> None:
         self.indexer = indexer
