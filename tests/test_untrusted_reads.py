@@ -294,3 +294,40 @@ def test_stored_items_edited_to_inline_vrt_are_refused_everywhere(indexed_base, 
 
 def test_allowed_drivers_are_the_raster_formats_that_name_no_other_file():
     assert ALLOWED_DRIVERS == ("GTiff", "JP2OpenJPEG")
+
+
+def test_a_jpeg2000_asset_is_opened_with_its_driver(tmp_path):
+    path = tmp_path / "b04.jp2"
+    with rasterio.open(path, "w", driver="JP2OpenJPEG", width=256, height=256, count=1, dtype="uint16",
+                       crs="EPSG:32631", transform=T10, QUALITY=100, REVERSIBLE=True) as dst:
+        dst.write(np.full((1, 256, 256), 5, dtype=np.uint16))
+    item = make_item("jp2-item", {"red": (path, (256, 256), T10)})
+    policy = HrefPolicy(local_roots=(str(tmp_path),))
+    pixels = Chipper(NoStatsChipIndexer(item, href_policy=policy)).chip(0, 0)["red"]
+    assert pixels.shape == (1, 256, 256) and int(pixels.min()) == int(pixels.max()) == 5
+
+
+def test_gdal_skip_deregisters_vrt_when_gdal_env_registers_the_drivers(tmp_path, secret):
+    """In a fresh process whose first rasterio environment is gdal_env, GDAL has no VRT driver at all
+    (a second guard behind the allowed-drivers list); WarpedVRT, used by other code, still works."""
+    import subprocess
+    import sys
+
+    vrt = tmp_path / "x.vrt"
+    vrt.write_text(vrt_xml(secret))
+    code = (
+        "import rasterio, sys\n"
+        "from rasterio.vrt import WarpedVRT\n"
+        "from stacchip_assets.rio import gdal_env\n"
+        "with gdal_env():\n"
+        "    try:\n"
+        f"        rasterio.open({str(vrt)!r}); print('VRT opened')\n"
+        "    except rasterio.errors.RasterioIOError as exc:\n"
+        "        print('refused:', 'not recognized' in str(exc))\n"
+        f"with rasterio.open({str(vrt).replace('x.vrt', 'red.tif')!r}) as src, WarpedVRT(src, crs='EPSG:4326') as v:\n"
+        "    print('warped', v.read().shape[0])\n"
+    )
+    write_cog(tmp_path / "red.tif", np.full((256, 256), 7, dtype=np.uint8), T10)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.stdout.split("\n")[:2] == ["refused: True", "warped 1"], result.stderr
