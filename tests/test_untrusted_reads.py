@@ -138,6 +138,13 @@ def test_a_vrt_in_a_static_catalog_is_refused_by_the_code_location_policy(tmp_pa
     item.assets["red"].href = str(link)
     with pytest.raises(HrefPolicyError, match="outside the allowed folders"):
         Chipper(NoStatsChipIndexer(item, href_policy=policy)).chip(0, 0)
+    with pytest.raises(HrefPolicyError, match="outside the allowed folders"):
+        mask_index(item, policy)
+    # The opener checks the real path of the descriptor it opened, not the string.
+    with pytest.raises(RefusedRasterError, match=r"'red'.*opened file .*red.tif is outside the allowed folders"):
+        open_asset(str(link), item_id="untrusted-item", asset_key="red", policy=policy)
+    with open_asset(str(link), policy=HrefPolicy(local_roots=(str(tmp_path),))) as src:
+        assert src.stacchip_href == str(link) and src.driver == "GTiff"
 
 
 def test_the_host_allow_list_of_the_code_location(tmp_path):
