@@ -22,8 +22,9 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from .errors import AssetGridError, StacchipError
-from .hrefs import strip_credentials
+from .hrefs import HrefPolicy, strip_credentials
 from .indexer import ChipIndexer
+from .limits import ReadLimits, read_limits
 from .rio import open_asset, read_window
 from .stac import asset_href, check_asset_matches_metadata, raster_asset_keys
 
@@ -33,11 +34,13 @@ log = logging.getLogger(__name__)
 class AssetChipReader:
     """One open asset and the mapping from chip-grid pixels to its own pixels."""
 
-    def __init__(self, indexer: ChipIndexer, key: str, href: str) -> None:
+    def __init__(self, indexer: ChipIndexer, key: str, href: str, policy: HrefPolicy | None = None,
+                 limits: ReadLimits | None = None) -> None:
         self.key = key
         self.item_id = indexer.item.id
         self.chip_size = indexer.chip_size
-        self.dataset: DatasetReader = open_asset(href, item_id=self.item_id, asset_key=key)
+        self.dataset: DatasetReader = open_asset(href, item_id=self.item_id, asset_key=key, policy=policy,
+                                                 limits=limits)
         try:
             check_asset_matches_metadata(
                 indexer.item, key, self.dataset.shape, self.dataset.transform,
@@ -137,7 +140,10 @@ class Chipper:
     `assets` selects asset keys (default: every raster data asset, not thumbnails or metadata),
     `asset_blacklist` removes some, and `mountpath` maps each href's path onto a local folder (as in
     stacchip). `len()`, indexing and iteration go over the rows of the indexer's chip index (the chips
-    kept after nodata filtering), yielding `(x, y, {asset: pixels})`.
+    kept after nodata filtering), yielding `(x, y, {asset: pixels})`. `limits` (default
+    :func:`stacchip_assets.limits.read_limits`) bounds the chip size and the COG tile size before any
+    read (ResourceLimitError); local files are opened as :func:`stacchip_assets.rio.open_asset` says,
+    inside the indexer's href policy folders (or inside `mountpath` when one is given).
     """
 
     def __init__(
@@ -146,8 +152,12 @@ class Chipper:
         mountpath: str | Path | None = None,
         assets: Sequence[str] | None = None,
         asset_blacklist: Sequence[str] | None = None,
+        *,
+        limits: ReadLimits | None = None,
     ) -> None:
         self.indexer = indexer
+        self.limits = limits if limits is not None else read_limits()
+        self.limits.check_chip_size(indexer.chip_size, item_id=indexer.item.id)
         self.mountpath = None if mountpath is None else Path(mountpath)
         self.assets = None if assets is None else list(assets)
         self.asset_blacklist = None if asset_blacklist is None else list(asset_blacklist)
@@ -176,7 +186,9 @@ class Chipper:
         reader = self._readers.get(key)
         if reader is None:
             href = asset_href(self.indexer.item, key, self.mountpath, policy=self.indexer.href_policy)
-            reader = self._readers[key] = AssetChipReader(self.indexer, key, href)
+            # The href was checked before the mountpath mapping; the mapped file must stay inside mountpath.
+            policy = HrefPolicy(local_roots=(str(self.mountpath),)) if self.mountpath else self.indexer.href_policy
+            reader = self._readers[key] = AssetChipReader(self.indexer, key, href, policy, self.limits)
         return reader
 
     def close(self) -> None:

@@ -2,7 +2,9 @@
 
 An item must never make the code location read where it should not: a local file outside the
 allowed folders, `file://` URLs, or GDAL virtual paths (`/vsicurl/`, `/vsizip/`, driver prefixes such
-as `HDF5:`) smuggled into an href. The policy is checked before GDAL sees the href.
+as `HDF5:`, `GTIFF_RAW:`), inline VRT XML smuggled into an href. The policy is checked on the string
+before GDAL sees the href; :func:`stacchip_assets.rio.open_asset` then decides on what GDAL actually
+opens (local files opened by descriptor, TIFF/JPEG 2000 content only, allowed GDAL drivers only).
 
 Hrefs also carry secrets: providers sign them (Azure SAS ``?st=..&se=..&sp=..&sig=..``, S3 presigned
 ``X-Amz-Signature``/``X-Amz-Credential``/``X-Amz-Security-Token``, ``token=``, ``access_token=``, ``key=``).
@@ -20,8 +22,41 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 from .errors import HrefPolicyError
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+#: A URL scheme or a GDAL driver prefix (`HDF5:`, `GTIFF_RAW:`, `GTIFF_DIR:1:`, `NETCDF:`): letters, digits,
+#: `+ . - _` before a colon.
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-_]*):")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def gdal_syntax_problem(href: str) -> str | None:
+    """Why `href` is GDAL syntax rather than a URL or a file path, or None.
+
+    Refused whatever the policy: GDAL virtual paths (``/vsi...``), driver prefixes (``HDF5:``,
+    ``GTIFF_RAW:``, ``GTIFF_DIR:1:``) and inline dataset definitions (VRT XML, STACIT/GTI JSON), which
+    GDAL opens from the string itself and which can name any local file or URL.
+    """
+    if not isinstance(href, str) or not href:
+        return "empty href"
+    if _CONTROL.search(href):
+        return "control characters in the href"
+    if "/vsi" in href.lower() or href.lower().startswith("vsi"):
+        return "GDAL virtual file system paths (/vsi...) are not accepted in STAC hrefs"
+    if "<" in href or ">" in href or href.lstrip()[:1] in ("{", "["):
+        return "an inline dataset definition (XML/JSON such as a VRT), not a URL or a file path"
+    match = _SCHEME.match(href)
+    if match and not re.match(r"^[A-Za-z]:[\\/]", href) and "://" not in href:  # not a Windows drive letter
+        return f"{match.group(1).lower()}: is a GDAL driver prefix or an unknown URL form, not a URL"
+    return None
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """Whether `host` is in `allowed` (exact names; an entry ``.example.com`` admits its subdomains)."""
+    host = host.lower().rstrip(".")
+    for entry in allowed:
+        entry = entry.lower().rstrip(".")
+        if host == entry.lstrip(".") or (entry.startswith(".") and host.endswith(entry)):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -39,6 +74,9 @@ class HrefPolicy:
     #: (VRT, GTI, STACIT, WMS... XML or JSON that names other files or URLs) is refused whatever its name.
     #: Paths that do not exist pass (GDAL then reports the missing file); symlinks are resolved first.
     local_rasters: bool = False
+    #: Hosts http(s) hrefs may name (empty: any host). ``.example.com`` admits its subdomains. GDAL
+    #: follows HTTP redirects itself (GDAL 3.10 has no option to stop it): the check is on the href.
+    allowed_hosts: tuple[str, ...] = field(default_factory=tuple)
 
     def check(self, href: str, *, item_id: str | None = None, asset_key: str | None = None) -> str:
         """Return `href` if the policy allows it; raise HrefPolicyError naming item, asset and why."""
@@ -47,22 +85,20 @@ class HrefPolicy:
             shown = _CONTROL.sub("?", href)[:200]
             return HrefPolicyError(f"href {shown!r} refused: {why}", item_id=item_id, asset_key=asset_key)
 
-        if not isinstance(href, str) or not href:
-            raise refuse("empty href")
-        if _CONTROL.search(href):
-            raise refuse("control characters in the href")
-        if "/vsi" in href.lower() or href.lower().startswith("vsi"):
-            raise refuse("GDAL virtual file system paths (/vsi...) are not accepted in STAC hrefs")
+        problem = gdal_syntax_problem(href)
+        if problem:
+            raise refuse(problem)
         scheme_match = _SCHEME.match(href)
-        if scheme_match and not re.match(r"^[A-Za-z]:[\\/]", href):  # not a Windows drive letter
+        if scheme_match and "://" in href:
             scheme = scheme_match.group(1).lower()
-            if "://" not in href:
-                raise refuse(f"{scheme}: is a GDAL driver prefix or an unknown URL form, not a URL")
             if scheme not in self.schemes:
                 raise refuse(f"scheme {scheme!r} is not allowed (allowed: {', '.join(self.schemes)})")
             parsed = urlparse(href)
             if not parsed.netloc:
                 raise refuse("a URL without a host or bucket")
+            if self.allowed_hosts and scheme in ("http", "https") and not host_allowed(parsed.hostname or "",
+                                                                                        self.allowed_hosts):
+                raise refuse(f"host {parsed.hostname!r} is not in the allowed hosts {list(self.allowed_hosts)}")
             return href
         if not self.local_roots and not self.local_rasters:
             raise refuse("local paths are not allowed by this policy")
@@ -86,6 +122,15 @@ class HrefPolicy:
             where = f" and outside the allowed folders {list(self.local_roots)}" if self.local_roots else ""
             raise refuse(f"a local file that is not a TIFF or JPEG 2000 raster{where}")
         raise refuse(f"local path outside the allowed folders {list(self.local_roots)}")
+
+    def allows_opened_file(self, real_path: str) -> bool:
+        """Whether a file already opened (its real path, from the open descriptor) may be read: inside
+        `local_roots`, or anywhere with `local_rasters` (the opener checks the content itself)."""
+        if self.local_rasters:
+            return True
+        resolved = Path(real_path)
+        return any(resolved == Path(os.path.realpath(r)) or Path(os.path.realpath(r)) in resolved.parents
+                   for r in self.local_roots)
 
 
 #: First bytes of the local files a `local_rasters` policy admits: TIFF / BigTIFF (little and big

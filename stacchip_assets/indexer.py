@@ -293,7 +293,7 @@ class _AssetMaskIndexer(_MaskStatsIndexer):
         key = self._mask_asset_key()
         href = asset_href(self.item, key, policy=self.href_policy)
         log.info("%s: reading mask asset %r at native resolution", self.item.id, key)
-        with open_asset(href, item_id=self.item.id, asset_key=key) as src:
+        with open_asset(href, item_id=self.item.id, asset_key=key, policy=self.href_policy) as src:
             check_asset_matches_metadata(self.item, key, src.shape, src.transform)
             return src.transform, read_band(src, 1, item_id=self.item.id, asset_key=key)
 
@@ -362,7 +362,8 @@ class NodataValueIndexer(_AssetMaskIndexer):
 
     def _mask(self) -> tuple[Affine, np.ndarray]:
         key = self._mask_asset_key()
-        with open_asset(asset_href(self.item, key, policy=self.href_policy), item_id=self.item.id, asset_key=key) as src:
+        with open_asset(asset_href(self.item, key, policy=self.href_policy), item_id=self.item.id, asset_key=key,
+                        policy=self.href_policy) as src:
             check_asset_matches_metadata(self.item, key, src.shape, src.transform)
             if self.nodata_value is None:
                 self.nodata_value = src.nodata

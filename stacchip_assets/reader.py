@@ -14,14 +14,17 @@ asset hrefs it names go through an href policy before GDAL sees them (`href_poli
 :func:`stacchip_assets.hrefs.default_read_policy`, allows http, https and s3 URLs, files inside the
 embedded sample catalog's folder and, elsewhere, only local files that really are TIFF/JPEG 2000
 rasters (first bytes checked); ``file://``, ``/vsi...`` paths, driver prefixes and any other local
-file (``/etc/passwd``) are refused with HrefPolicyError. The Dagster code location passes its own
-policy (``StacSourceResource.href_policy()``); pass ``HrefPolicy(local_roots=[...])`` to be stricter.
+file (``/etc/passwd``) are refused with HrefPolicyError; what GDAL opens is decided on the opened
+file itself (:func:`stacchip_assets.rio.open_asset`: TIFF/JPEG 2000 content only, never VRT). A row's
+`chip_size` above ``ReadLimits.max_chip_size`` (:mod:`stacchip_assets.limits`) is a ResourceLimitError.
+The Dagster code location passes its own policy (``StacSourceResource.href_policy()``); pass ``HrefPolicy(local_roots=[...])`` to be stricter.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
@@ -36,6 +39,7 @@ from .combine import CombinedIndex
 from .errors import StacchipError, StorageError
 from .hrefs import HrefPolicy, default_read_policy
 from .indexer import ChipIndexer, NoStatsChipIndexer
+from .limits import read_limits
 from .storage import Storage
 
 ROW_FIELDS = ("item_href", "chip_index_x", "chip_index_y", "chip_size", "chip_stride")
@@ -91,9 +95,13 @@ def indexer_for_row(row: Any, *, storage: Storage | None = None, href_policy: Hr
     missing = [f for f in ROW_FIELDS if values.get(f) is None]
     if missing:
         raise StacchipError(f"the row lacks {missing}: cannot locate the chip's pixels")
-    item = _item(str(values["item_href"]), storage)
-    chip_size = int(values["chip_size"])
-    stride = int(values["chip_stride"])
+    item_href = str(values["item_href"])
+    shown_id = values.get("item_id") or values.get("chipid") or item_href
+    # A row is untrusted too: its chip_size decides the memory of every read (65,535 px -> 16 GiB per chip).
+    limits = read_limits()
+    chip_size = limits.check_chip_size(values["chip_size"], item_id=str(shown_id))
+    stride = replace(limits, max_chip_size=2**31 - 1).check_chip_size(values["chip_stride"], item_id=str(shown_id))
+    item = _item(item_href, storage)
     # pad_edges only adds chips at the right/bottom edges; every indexed position keeps its offsets
     return NoStatsChipIndexer(item, chip_size=chip_size, stride=None if stride == chip_size else stride, pad_edges=True,
                               href_policy=href_policy if href_policy is not None else default_read_policy())

@@ -22,7 +22,9 @@ import contextlib
 import contextvars
 import importlib
 import logging
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 from urllib.parse import urlparse
@@ -34,8 +36,15 @@ from rasterio._err import CPLE_BaseError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from .errors import AssetReadError, StacchipError
-from .hrefs import redact_credentials, strip_credentials
+from .errors import AssetReadError, HrefPolicyError, StacchipError
+from .hrefs import HrefPolicy, gdal_syntax_problem, redact_credentials, strip_credentials
+from .limits import ReadLimits, read_limits
+
+
+class RefusedRasterError(AssetReadError, HrefPolicyError):
+    """A file whose content is not an allowed raster format (VRT, XML, text...): never handed to GDAL."""
+
+    transient = False
 
 #: GDAL settings for reading COGs over HTTP and S3 (see GDAL's "Cloud optimized GeoTIFF" notes):
 #: no directory listing on open, consecutive ranges merged into one request, a block cache for
@@ -48,7 +57,21 @@ DEFAULT_GDAL_OPTIONS: dict[str, str] = {
     "GDAL_HTTP_MAX_RETRY": "3",
     "GDAL_HTTP_RETRY_DELAY": "0.5",
     "GDAL_HTTP_TIMEOUT": "60",
+    # Drivers that read other files or URLs named inside a dataset (VRT and its kin): deregistered when
+    # GDAL registers its drivers inside gdal_env (the first rasterio.Env of a process). The guard that
+    # always holds is the allowed-drivers list of every open (ALLOWED_DRIVERS, see open_asset).
+    "GDAL_SKIP": "VRT DERIVED GTI STACIT STACTA WMS WMTS PLMosaic ESRIC OGCAPI EEDAI DAAS NGW SENTINEL2 SAFE "
+                 "ISIS3 PDS4 VICAR ENVI EHdr GenBin ISCE MRF",
 }
+
+#: The only GDAL drivers an asset is opened with (GDAL's allowed-drivers list of GDALOpenEx): GeoTIFF
+#: (COGs included) and JPEG 2000, formats that cannot name other files. Local files are matched to one
+#: by their first bytes; URLs are tried with GTiff first (JP2OpenJPEG first for .jp2/.j2k).
+ALLOWED_DRIVERS = ("GTiff", "JP2OpenJPEG")
+
+#: First bytes of each allowed format: TIFF / BigTIFF (both byte orders), JP2 box, raw J2K codestream.
+_MAGIC = ((b"II*\x00", "GTiff"), (b"MM\x00*", "GTiff"), (b"II+\x00", "GTiff"), (b"MM\x00+", "GTiff"),
+          (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JP2OpenJPEG"), (b"\xff\x4f\xff\x51", "JP2OpenJPEG"))
 
 #: Options that carry credentials: never accepted in `gdal_options` (they would be shown in the UI).
 _SECRET_OPTIONS = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "GS_SECRET_ACCESS_KEY",
@@ -234,18 +257,98 @@ def describe_error(exc: BaseException, href: str, opened: str) -> str:
     return text
 
 
-def open_asset(href: str, *, item_id: str | None = None, asset_key: str | None = None) -> DatasetReader:
-    """Open an asset href with rasterio, raising AssetReadError with the cause on failure.
+def open_asset(href: str, *, item_id: str | None = None, asset_key: str | None = None,
+               policy: HrefPolicy | None = None, limits: ReadLimits | None = None) -> DatasetReader:
+    """Open an asset href with rasterio, deciding on what GDAL actually opens; AssetReadError on failure.
 
-    The href goes through the signer of the current :func:`gdal_env` first (an href that arrived
-    signed is stripped of its token and signed afresh); messages show the href without any token."""
-    opened = sign_href(href)
+    GDAL syntax (``/vsi...``, driver prefixes such as ``GTIFF_RAW:``, inline VRT XML) is refused
+    (HrefPolicyError). A local file is opened here first, by descriptor: it must be a regular file
+    whose first bytes are TIFF or JPEG 2000 (else RefusedRasterError), inside `policy`'s folders if a
+    policy is given, and GDAL then reads that same open file (``/dev/fd/N``), so swapping the path
+    afterwards changes nothing. URLs go through the signer of the current :func:`gdal_env`. Every open
+    is limited to ALLOWED_DRIVERS, and a tile larger than ``limits.max_tile_pixels`` (default
+    :func:`stacchip_assets.limits.read_limits`) is a ResourceLimitError before any pixel is read.
+    """
+    problem = gdal_syntax_problem(href)
+    if problem:
+        raise HrefPolicyError(f"href {redact_credentials(href)[:200]!r} refused: {problem}", item_id=item_id,
+                              asset_key=asset_key)
+    if "://" in href:
+        dataset = _open_url(href, item_id=item_id, asset_key=asset_key)
+    else:
+        dataset = _open_local(href, item_id=item_id, asset_key=asset_key, policy=policy)
     try:
-        # Decode the blocks of one large read on all cores (GTiff/COG open option; others ignore it).
-        return rasterio.open(opened, NUM_THREADS="ALL_CPUS")
-    except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
-        raise AssetReadError(f"cannot open {strip_credentials(href)}: {describe_error(exc, href, opened)}", item_id=item_id,
-                             asset_key=asset_key) from exc
+        if dataset.driver not in ALLOWED_DRIVERS:  # cannot happen with the allowed-drivers list; kept as a guard
+            raise RefusedRasterError(f"{strip_credentials(href)} was opened by GDAL's {dataset.driver} driver, "
+                                     f"not one of {ALLOWED_DRIVERS}", item_id=item_id, asset_key=asset_key)
+        rows, cols = max(dataset.block_shapes or [(0, 0)], key=lambda b: int(b[0]) * int(b[1]))
+        (limits or read_limits()).check_tile((rows, cols), item_id=item_id, asset_key=asset_key,
+                                             href=strip_credentials(href))
+    except BaseException:
+        dataset.close()
+        raise
+    dataset.stacchip_href = href  # messages name the href, not /dev/fd/N or the signed URL
+    return dataset
+
+
+def _rasterio_open(name: str, driver: str) -> DatasetReader:
+    # Decode the blocks of one large read on all cores (GTiff/COG open option; others ignore it).
+    return rasterio.open(name, driver=driver, NUM_THREADS="ALL_CPUS")
+
+
+def _open_url(href: str, *, item_id: str | None, asset_key: str | None) -> DatasetReader:
+    """An http(s)/s3 URL, signed, tried with each allowed driver (the likely one first)."""
+    opened = sign_href(href)
+    path = urlparse(href).path.lower()
+    drivers = ALLOWED_DRIVERS[::-1] if path.endswith((".jp2", ".j2k", ".jpx")) else ALLOWED_DRIVERS
+    last: BaseException | None = None
+    for driver in drivers:
+        try:
+            return _rasterio_open(opened, driver)
+        except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
+            last = exc
+            if "not recognized as being in a supported file format" not in str(exc):
+                break  # a 404, a timeout, a truncated header: another driver would not help
+    raise AssetReadError(f"cannot open {strip_credentials(href)}: {describe_error(last, href, opened)}",
+                         item_id=item_id, asset_key=asset_key) from last
+
+
+def _open_local(path: str, *, item_id: str | None, asset_key: str | None,
+                policy: HrefPolicy | None) -> DatasetReader:
+    """A local file opened by descriptor, checked, and handed to GDAL as that same open file."""
+    def fail(why: str, cls: type[AssetReadError] = AssetReadError) -> AssetReadError:
+        return cls(f"cannot open {path}: {why}", item_id=item_id, asset_key=asset_key)
+
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)  # O_NONBLOCK: a FIFO does not block the open; it is refused below
+    except OSError as exc:
+        raise fail(f"{exc.strerror or exc} (not recognized as a readable file)") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise fail("not a regular file", RefusedRasterError)
+        head = os.pread(fd, 16, 0)
+        driver = next((d for magic, d in _MAGIC if head.startswith(magic)), None)
+        if driver is None:
+            raise fail("not a supported raster format: only GeoTIFF/COG and JPEG 2000 files are opened "
+                       "(VRT and other formats that name other files are refused)", RefusedRasterError)
+        fd_path = f"/proc/self/fd/{fd}"
+        real = os.readlink(fd_path) if os.path.islink(fd_path) else os.path.realpath(path)
+        if policy is not None and not policy.allows_opened_file(real):
+            raise fail(f"the opened file {real} is outside the allowed folders {list(policy.local_roots)}",
+                       RefusedRasterError)
+        name = f"/dev/fd/{fd}" if os.path.exists(fd_path) else path
+        try:
+            dataset = _rasterio_open(name, driver)
+        except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
+            raise fail(describe_error(exc, path, name)) from exc
+        if name != path and os.fstat(fd).st_ino != info.st_ino:  # belt and braces: the descriptor never moves
+            dataset.close()
+            raise fail("the file changed while it was opened", RefusedRasterError)
+        return dataset
+    finally:
+        os.close(fd)  # GDAL holds its own descriptor of the same file
 
 
 def read_window(
@@ -260,7 +363,7 @@ def read_window(
     try:
         return src.read(indexes, window=window)
     except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
-        name = _unsigned_name(src.name)
+        name = _unsigned_name(getattr(src, "stacchip_href", src.name))
         raise AssetReadError(f"cannot read {name} {window or 'whole raster'}: {describe_error(exc, name, src.name)}",
                              item_id=item_id, asset_key=asset_key) from exc
 

@@ -70,6 +70,11 @@ class StacSourceResource(ConfigurableResource):
         description="folders whose files asset hrefs may name (default: the static catalog's folder, or none for an API)",
     )
 
+    allowed_href_hosts: Optional[list[str]] = Field(
+        default=None,
+        description="hosts http(s) asset hrefs may name ('.example.com' admits subdomains; default: any host)",
+    )
+
     def href_policy(self) -> HrefPolicy:
         """What an item's asset hrefs may point at; items are untrusted input."""
         roots = self.allowed_local_roots
@@ -79,7 +84,8 @@ class StacSourceResource(ConfigurableResource):
                 catalog = self.catalog_path or str(ensure_sample_catalog())
                 if "://" not in catalog:
                     roots.append(str(Path(catalog).resolve().parent))
-        return HrefPolicy(schemes=tuple(s.lower() for s in self.allowed_href_schemes), local_roots=tuple(roots))
+        return HrefPolicy(schemes=tuple(s.lower() for s in self.allowed_href_schemes), local_roots=tuple(roots),
+                          allowed_hosts=tuple(self.allowed_href_hosts or ()))
 
     def retry(self) -> RetrySettings:
         return RetrySettings(max_retries=self.max_retries, backoff_seconds=self.retry_backoff_seconds,
