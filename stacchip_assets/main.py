@@ -151,12 +151,48 @@ def run(argv: Sequence[str] | None = None) -> int:
     print(f"combined index: {CombinedIndex(storage).uri}")
     print(f"read it: geopandas.read_parquet({CombinedIndex(storage).uri!r}); "
           "pixels: stacchip_assets.reader.read_chip(row)")
+    print_locations(home, stac_source, storage)
     if failed_checks:
         print(f"failed checks: {', '.join(failed_checks)}")
     if failures:
         print(f"FAILED: {', '.join(failures)}")
     print(f"done in {elapsed:.1f} s; browse it: DAGSTER_HOME={home} dagster dev -w workspace.yaml")
     return 1 if failures or failed_checks else 0
+
+
+def source_location(stac_source) -> tuple[str, str]:
+    """(what, where) of the resource's STAC source: the API, the static catalog or the sample catalog."""
+    if stac_source.api_url:
+        return "STAC API", stac_source.api_url
+    if stac_source.catalog_path:
+        return "static catalog", stac_source.catalog_path
+    from .sample_data import ensure_sample_catalog  # $STACCHIP_SAMPLE_DIR or $DAGSTER_HOME/stacchip_sample
+
+    return "sample catalog", str(ensure_sample_catalog())
+
+
+def print_locations(home: Path, stac_source, storage) -> None:
+    """Where the input and every output of the graph are (local paths or s3:// URIs)."""
+    from .dagster_defs.query import QUERIES_DIR
+    from .storage import COMBINED_DIR, INDEX_DIR, ITEM_FILENAME, ITEM_SETS_DIR
+
+    what, where = source_location(stac_source)
+    base = storage.uri().rstrip("/")
+    rows = [
+        (what, where),
+        ("Dagster home", f"{home} (instance: runs, events, materializations)"),
+        ("storage base", base),
+        ("item sets", f"{base}/{ITEM_SETS_DIR}/{{collection}}.json"),
+        ("stored items", f"{base}/{{collection}}/{{item_id}}/{ITEM_FILENAME}"),
+        ("chip indexes", f"{base}/{INDEX_DIR}/{{collection}}/{{item_id}}/index_{{item_id}}.parquet"),
+        ("quicklooks", f"{base}/{INDEX_DIR}/{{collection}}/{{item_id}}/quicklook_{{item_id}}.png"),
+        ("combined index", f"{base}/{COMBINED_DIR}/{{collection}}/{{item_id}}.parquet (compacted: {COMBINED_DIR}/_lsm/)"),
+        ("training sets", f"{base}/training/{{name}}/ (training_job)"),
+        ("chip queries", f"{base}/{QUERIES_DIR}/{{name}}.parquet (chip_query_job)"),
+    ]
+    print("where everything is:")
+    for label, value in rows:
+        print(f"  {label + ':':<16} {value}")
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 Every server runs on 127.0.0.1 on a free port, in its own process group, started here and torn
 down at the end of the session (see tests/servers.py, tests/http_server.py). A test that needs a
-server the machine cannot run is skipped with the reason; `.ci/run` installs all of them, so CI
-skips nothing.
+server the machine cannot run is skipped with the reason; `.ci/run` installs all of them, and
+under CI (env `CI` set) a missing server fails the test instead, so CI skips nothing.
 """
 
 import os
@@ -26,11 +26,10 @@ DAGSTER_DEV_COLLECTION = "dev-sentinel-2-l2a"
 
 
 def require_servers(*kinds: str) -> None:
-    from .servers import servers_available
+    """Skip (fail under CI) when these servers cannot run here: see tests/servers.py."""
+    from .servers import require_servers as require
 
-    reason = servers_available(*kinds)
-    if reason is not None:
-        pytest.skip(reason)
+    require(*kinds)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
 """Real servers on 127.0.0.1 for tests: a STAC API (stac-fastapi-pgstac on a throwaway PostgreSQL
 with PostGIS), S3-compatible object storage (SeaweedFS `weed mini`) and `dagster dev` (webserver +
 daemon) on the project's workspace. Each runs in its own process group and is torn down with it.
-See ../shared/INFRA.md for how they were chosen; tests/conftest.py holds the session fixtures."""
+`.ci/run` installs what they need; tests/conftest.py holds the session fixtures. A test whose server
+cannot run on this machine is skipped with the reason, except under CI, where it fails
+(:func:`require_servers`)."""
 
 from __future__ import annotations
 
@@ -77,8 +79,11 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 10.0) -> None
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
+POSTGIS_CONTROL = Path("/usr/share/postgresql/15/extension/postgis.control")
+
 #: What each kind of server needs on the machine (all installed by .ci/run).
 _NEEDS = {
+    "postgres": ("psql",),
     "pgstac": ("uvicorn", "pypgstac", "psql"),
     "s3": ("weed",),
     "dagster": ("dagster",),
@@ -87,15 +92,17 @@ _NEEDS = {
 
 
 def servers_available(*kinds: str) -> str | None:
-    """None if the servers of `kinds` ("pgstac", "s3", "dagster", "chromium"; default: pgstac and s3)
-    can run here, else why not (for pytest.skip)."""
+    """None if the servers of `kinds` ("postgres", "pgstac", "s3", "dagster", "chromium"; default:
+    pgstac and s3) can run here, else what is missing (for pytest.skip)."""
     kinds = kinds or ("pgstac", "s3")
     missing: list[str] = []
     for kind in kinds:
         missing += [name for name in _NEEDS[kind] if shutil.which(name) is None and name not in missing]
-        if kind == "pgstac" and not (PGBIN / "initdb").exists():
-            missing.append("postgresql-15 + postgis (apt)")
-        if kind == "pgstac" and os.geteuid() == 0 and shutil.which("runuser") is None:
+        if kind in ("postgres", "pgstac") and not (PGBIN / "initdb").exists():
+            missing.append("postgresql-15 (apt)")
+        if kind == "pgstac" and not POSTGIS_CONTROL.exists():
+            missing.append("postgis (apt postgresql-15-postgis-3)")
+        if kind in ("postgres", "pgstac") and os.geteuid() == 0 and shutil.which("runuser") is None:
             missing.append("runuser")
         if kind == "chromium":
             missing += [f"{p} (apt chromium chromium-driver)" for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
@@ -103,7 +110,26 @@ def servers_available(*kinds: str) -> str | None:
                 import selenium  # noqa: F401
             except ImportError:
                 missing.append("selenium (pip)")
-    return f"missing: {', '.join(missing)} (.ci/run installs them)" if missing else None
+    return f"missing: {', '.join(dict.fromkeys(missing))} (.ci/run installs them)" if missing else None
+
+
+def in_ci() -> bool:
+    """True when the environment says CI (`CI` set to anything but empty, 0 or false)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_servers(*kinds: str) -> None:
+    """Skip the calling test, with the reason, when the servers of `kinds` cannot run on this machine.
+    Under CI it fails instead: `.ci/run` installs every server, so a missing one is a broken CI
+    machine, never a silently skipped test."""
+    reason = servers_available(*kinds)
+    if reason is None:
+        return
+    import pytest
+
+    if in_ci():
+        pytest.fail(f"CI is set and the test needs {'/'.join(kinds) or 'pgstac/s3'} servers, but {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 @dataclass

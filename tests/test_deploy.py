@@ -42,7 +42,7 @@ users:
 
 @pytest.fixture(scope="module")
 def postgres():
-    require_servers("pgstac")  # the same PostgreSQL binaries; PostGIS is not needed here
+    require_servers("postgres")  # a plain PostgreSQL cluster; PostGIS is not needed here
     from .servers import postgres_cluster
 
     with postgres_cluster() as server:

@@ -16,9 +16,9 @@ import shapely
 from stacchip_assets import Indexer, NoProjectionInfoError, NoStatsChipIndexer, StacchipError, UnsupportedCRSError
 from stacchip_assets.indexer import ChipIndexer
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "stac-items"
-if not FIXTURES.exists():  # CI clones main with shared/ beside it
-    FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "stac-items"
+#: Real item JSON from public catalogs, copied into the repository (tests/fixtures/stac-items/MANIFEST.tsv
+#: says where each one comes from, at which commit, and what is special about it).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "stac-items"
 
 # Expected grid of each fixture: (asset whose proj fields give the grid, or None for item-level fields;
 # rows, cols, EPSG), read off the item JSON by hand:
@@ -68,8 +68,13 @@ def independent_footprint_corners(transform: list[float], crs: pyproj.CRS, x: in
 
 
 def test_every_fixture_is_covered():
+    assert FIXTURES.is_dir(), f"the STAC item fixtures are missing: {FIXTURES}"
     names = {p.name for p in FIXTURES.glob("*.json")}
     assert names == set(EXPECTED_GRIDS) | set(NO_GRID)
+    manifest = (FIXTURES / "MANIFEST.tsv").read_text().splitlines()
+    rows = [line.split("\t") for line in manifest[1:] if line.strip()]
+    assert {row[0] for row in rows} == names  # every fixture says where it comes from
+    assert all(len(row) == len(manifest[0].split("\t")) and "@" in row[1] for row in rows)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_GRIDS))

@@ -25,6 +25,7 @@ from .checks import combined_index_checks
 from .presets import CollectionConfig, load_collections
 from .query import chip_query_job
 from .resources import ChipSettingsResource, StacSourceResource, StorageResource, default_resources
+from .runtime import CHIP_INDEX_MAX_RUNTIME_SECONDS, COMBINED_INDEX_MAX_RUNTIME_SECONDS, max_runtime_tags
 from .sensors import COMBINE_TAG, build_sensors
 from .training import build_training_assets, default_dask_resource
 
@@ -76,14 +77,15 @@ def build_definitions(
         executor_def=executor, description="Search and store the item set of one collection.",
     )
     # dagster/max_runtime: with run monitoring on (dagster.yaml), a run whose process died (kill -9,
-    # a lost machine) is cancelled after this long instead of holding its queue slot for good.
+    # a lost machine) is cancelled after this long instead of holding its queue slot for good
+    # (runs of the implicit asset job get chip_index's from the asset itself, see runtime.py).
     chip_index_job = define_asset_job(
-        "chip_index_job", selection=AssetSelection.assets(chip_index), tags={"dagster/max_runtime": "3600"},
+        "chip_index_job", selection=AssetSelection.assets(chip_index), tags=max_runtime_tags(CHIP_INDEX_MAX_RUNTIME_SECONDS),
         executor_def=executor, description="Index one STAC item (one run per item, in process).",
     )
     combined_index_job = define_asset_job(
         "combined_index_job", selection=AssetSelection.assets(combined_index), executor_def=executor,
-        tags={**COMBINE_TAG, "dagster/max_runtime": "21600"},
+        tags={**COMBINE_TAG, **max_runtime_tags(COMBINED_INDEX_MAX_RUNTIME_SECONDS)},
         description="Bring the combined index up to date and run its checks.",
     )
     training_set, band_statistics = build_training_assets(collections)

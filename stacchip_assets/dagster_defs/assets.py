@@ -62,6 +62,7 @@ from ..pipeline import ItemIndexResult, index_item, prune_assets
 from ..stac_source import item_summary, params_json
 from .presets import CollectionConfig
 from .resources import ChipSettingsResource, StacSourceResource, StorageResource
+from .runtime import CHIP_INDEX_MAX_RUNTIME_SECONDS, protect_run
 
 STAC_ITEMS_KEY = AssetKey("stac_items")
 CHIP_INDEX_KEY = AssetKey("chip_index")
@@ -306,6 +307,8 @@ def build_assets(collections: list[CollectionConfig]):
             storage: StorageResource,
             chip_settings: ChipSettingsResource,
         ) -> Iterator[Any]:
+            # runs of the implicit asset job (UI Materialize, backfills) get chip_index_job's limit too
+            protect_run(context, CHIP_INDEX_KEY, CHIP_INDEX_MAX_RUNTIME_SECONDS)
             keys = list(context.partition_keys)
             # a backfill run over a range of partitions (even a range of one: Dagster then records
             # check results without their partition, so the batch path reports them itself)
