@@ -17,6 +17,16 @@ searches are idempotent) with exponential backoff, honouring ``Retry-After``, a 
 times (:class:`RetrySettings`). An item an API returns on two pages (it moved while we paged) is
 yielded once: its newest version (largest ``updated``; the first seen on a tie), at its first place,
 with a warning naming the repeated ids.
+
+Sources are untrusted (see :mod:`.source_guards`): every item of a batch is checked on its own and a
+malformed one is skipped and recorded in the `report` (a :class:`SourceReport`) the caller passes, never
+failing its neighbours; item times come from the item (``updated``, else ``created`` / ``datetime``),
+never from a file's mtime, and never lie after now + ``FUTURE_TOLERANCE``. A STAC API whose paging
+loops (a ``next`` link followed before, a page repeating an earlier one) is stopped: :meth:`poll`
+keeps what it read (an oldest-first prefix, so a cursor set from it skips nothing) and records why in
+``report.truncated``; :meth:`search` and :meth:`get_item` raise :class:`StacSourceError` (an item set
+must be complete). :meth:`poll` also takes a `deadline` (``time.monotonic()``), the sensor's tick
+budget, checked inside the paging.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import logging
 import operator
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +49,15 @@ import shapely
 
 from .errors import StacSourceError
 from .paths import validate_id
+from .source_guards import (
+    FUTURE_TOLERANCE,
+    PageGuard,
+    SourceReport,
+    checked_item,
+    item_time,
+    unlinked_item_files,
+    walk_items,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,25 +161,13 @@ def canonical_time(value: str | dt.datetime) -> str:
 
 
 def item_updated(item: pystac.Item, prop: str = "updated") -> str:
-    """The item's last-modified time: its ``updated`` property, else the mtime of its local JSON
-    file, else ``created``, else its datetime."""
-    value = item.properties.get(prop)
-    if value:
-        try:
-            return canonical_time(value)
-        except (ValueError, TypeError):
-            log.warning("%s: unparseable %s %r", item.id, prop, value)
-    href = item.get_self_href() or ""
-    if href and ("://" not in href or href.startswith("file://")):
-        try:
-            mtime = os.stat(urlparse(href).path if href.startswith("file://") else href).st_mtime
-            return canonical_time(dt.datetime.fromtimestamp(mtime, dt.timezone.utc))
-        except OSError:
-            pass
-    for key in ("created", "datetime", "start_datetime"):
-        if item.properties.get(key):
-            return canonical_time(item.properties[key])
-    return canonical_time(dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))
+    """The item's last-modified time: its ``updated`` property, else ``created``, else its datetime
+    (never a file mtime: see :func:`.source_guards.item_time`). A present but malformed time raises
+    StacSourceError naming the item."""
+    try:
+        return item_time(item.properties, prop)
+    except ValueError as exc:
+        raise StacSourceError(f"malformed metadata: {exc}", item_id=str(item.id)) from exc
 
 
 def _item_time(item: pystac.Item) -> dt.datetime | None:
@@ -345,31 +353,46 @@ def _sort_items(items: list[pystac.Item], sortby: Sequence[Mapping[str, str]] | 
     return items
 
 
-def filter_items(items: Iterable[pystac.Item], params: SearchParams) -> list[pystac.Item]:
-    """Apply bbox, datetime, query, filter and sortby client-side (what a STAC API would do)."""
+def _matches(item: pystac.Item, params: SearchParams, box, interval) -> bool:
+    if box is not None:
+        geom = shapely.geometry.shape(item.geometry) if item.geometry else (shapely.box(*item.bbox) if item.bbox else None)
+        if geom is None or not geom.intersects(box):
+            return False
+    if interval is not None:
+        start = item.properties.get("start_datetime")
+        end = item.properties.get("end_datetime")
+        t0 = pystac.utils.str_to_datetime(start) if start else _item_time(item)
+        t1 = pystac.utils.str_to_datetime(end) if end else _item_time(item)
+        if t0 is None or (interval[1] is not None and t0 > interval[1]) or (interval[0] is not None and t1 < interval[0]):
+            return False
+    if params.query and not _match_query(item, params.query):
+        return False
+    return not (params.filter and not _match_cql2(item, params.filter))
+
+
+def filter_items(items: Iterable[pystac.Item], params: SearchParams, report: SourceReport | None = None) -> list[pystac.Item]:
+    """Apply bbox, datetime, query, filter and sortby client-side (what a STAC API would do). An item
+    whose fields cannot be compared (malformed geometry, times, values) is skipped and recorded in
+    `report`; sorting puts values of another type than most last."""
     if isinstance(params.filter, str):
         raise StacSourceError("static catalogs support CQL2-JSON filters only, not CQL2 text")
+    report = report if report is not None else SourceReport()
     box = shapely.box(*params.bbox) if params.bbox else None
     interval = _parse_interval(params.datetime) if params.datetime else None
     out = []
     for item in items:
-        if box is not None:
-            geom = shapely.geometry.shape(item.geometry) if item.geometry else (shapely.box(*item.bbox) if item.bbox else None)
-            if geom is None or not geom.intersects(box):
-                continue
-        if interval is not None:
-            start = item.properties.get("start_datetime")
-            end = item.properties.get("end_datetime")
-            t0 = pystac.utils.str_to_datetime(start) if start else _item_time(item)
-            t1 = pystac.utils.str_to_datetime(end) if end else _item_time(item)
-            if t0 is None or (interval[1] is not None and t0 > interval[1]) or (interval[0] is not None and t1 < interval[0]):
-                continue
-        if params.query and not _match_query(item, params.query):
-            continue
-        if params.filter and not _match_cql2(item, params.filter):
-            continue
-        out.append(item)
-    return _sort_items(out, params.sortby)
+        try:
+            if _matches(item, params, box, interval):
+                out.append(item)
+        except StacSourceError:
+            raise  # an unsupported operator: the search itself is wrong
+        except Exception as exc:  # noqa: BLE001 - an untrusted item's values; isolate it
+            report.skip(repr(item.id), f"cannot be matched against the search ({type(exc).__name__}: {exc})"[:300])
+    try:
+        return _sort_items(out, params.sortby)
+    except TypeError as exc:  # values of mixed types in a sort field
+        report.warn(f"sortby could not order the items ({exc}); kept the catalog order")
+        return out
 
 
 def apply_selection(items: list[pystac.Item], params: SearchParams) -> list[pystac.Item]:
@@ -411,7 +434,9 @@ class StacSource:
     #: Human-readable description used in errors and metadata.
     name: str = "STAC source"
 
-    def search(self, collection: str, params: SearchParams | None = None) -> list[pystac.Item]:
+    def search(self, collection: str, params: SearchParams | None = None, *,
+               report: SourceReport | None = None) -> list[pystac.Item]:
+        """The items the search selects; malformed ones are skipped into `report`."""
         raise NotImplementedError
 
     def poll(
@@ -420,8 +445,14 @@ class StacSource:
         params: SearchParams | None = None,
         after: tuple[str, str] | None = None,
         limit: int = 100,
+        *,
+        report: SourceReport | None = None,
+        deadline: float | None = None,
     ) -> list[PolledItem]:
-        """Items with (updated, id) after `after`, oldest first, at most `limit`."""
+        """Items with (updated, id) after `after`, oldest first, at most `limit`; each time validated and
+        no later than now + FUTURE_TOLERANCE. Malformed items, a paging loop and a `deadline`
+        (time.monotonic) that passed are recorded in `report`; what is returned is always an
+        oldest-first prefix, so a cursor set to its last position skips nothing."""
         raise NotImplementedError
 
     def get_item(self, collection: str, item_id: str) -> pystac.Item:
@@ -437,8 +468,9 @@ def _after(items: Iterable[PolledItem], after: tuple[str, str] | None, limit: in
 
 
 class StaticCatalogSource(StacSource):
-    """A static STAC catalog (local path or URL of catalog.json), walked with pystac on every call so
-    edits are seen. An item's `updated` is its property, else its JSON file's mtime."""
+    """A static STAC catalog (local path or URL of catalog.json), walked on every call so edits are
+    seen. An item's time is its `updated` property, else `created`, else its datetime (never the JSON
+    file's mtime: see :mod:`.source_guards`)."""
 
     def __init__(self, catalog_path: str | os.PathLike) -> None:
         self.catalog_path = str(catalog_path)
@@ -452,44 +484,73 @@ class StaticCatalogSource(StacSource):
         except Exception as exc:  # pystac raises many kinds (OSError, JSON, STACTypeError, urllib)
             raise self._error("cannot open the catalog", exc) from exc
 
-    def _collection_items(self, collection: str) -> Iterator[pystac.Item]:
-        """Items of one collection: the child catalog/collection with that id, else every item of the
-        catalog whose `collection` field names it."""
+    def _container(self, collection: str) -> tuple[pystac.Catalog, bool]:
+        """The child catalog/collection with that id (True), else the root catalog (False)."""
         catalog = self._catalog()
-        found = False
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 child = catalog.get_child(collection) or catalog.get_child(collection, recursive=True)
-                for item in (child if child is not None else catalog).get_items(recursive=True):
-                    if item.collection_id is None and child is not None:
-                        item.collection_id = collection
-                    if item.collection_id == collection:
-                        found = True
-                        yield item
-        except StacSourceError:
-            raise
         except Exception as exc:
             raise self._error(f"cannot read the items of collection {collection!r}", exc) from exc
-        if child is None and not found:
+        return (child, True) if child is not None else (catalog, False)
+
+    def _collection_items(self, collection: str, report: SourceReport, *, prop: str = "updated",
+                          now: dt.datetime | None = None, deadline: float | None = None,
+                          ) -> Iterator[tuple[pystac.Item, str]]:
+        """(item, ordering time) of one collection: the items linked from the child catalog/collection
+        with that id, else every item of the catalog whose `collection` field names it. Each item is
+        read and checked on its own (a malformed one is skipped into `report`); item JSON files under a
+        local collection's folder that no link reaches are reported by name, not picked up."""
+        container, is_child = self._container(collection)
+        start = container.get_self_href() or self.catalog_path
+        reached: set[str] = set()
+        found = False
+        context = f"{self.name}, collection {collection!r}"
+        for href, data in walk_items(start, report, deadline=deadline, reached=reached):
+            checked = checked_item(data, href, report, prop=prop, now=now, context=context, href=href)
+            if checked is None:
+                continue
+            item, updated = checked
+            if item.collection_id is None and is_child:
+                item.collection_id = collection
+            if item.collection_id == collection:
+                found = True
+                yield item, updated
+        if not is_child and not found and not report.skipped_count:
             raise self._error(f"collection {collection!r}", "the catalog has no such collection "
                               "(no child catalog of that id and no item naming it)")
+        folder = os.path.dirname(start) if is_child and "://" not in start else None
+        if folder and report.truncated is None:
+            for path, item_id in unlinked_item_files(folder, reached):
+                report.warn(f"{context}: item file {path} (id {item_id!r}) is linked from no catalog or "
+                            "collection: not read (add an item link to pick it up)")
 
-    def search(self, collection: str, params: SearchParams | None = None) -> list[pystac.Item]:
+    def search(self, collection: str, params: SearchParams | None = None, *,
+               report: SourceReport | None = None) -> list[pystac.Item]:
         params = params or SearchParams()
-        items = filter_items(self._collection_items(collection), params)
-        items = apply_selection(items, params)
+        report = report if report is not None else SourceReport()
+        found = [i for i, _ in self._collection_items(collection, report, prop=params.updated_property,
+                                                       now=dt.datetime.now(dt.timezone.utc))]
+        items = apply_selection(filter_items(found, params, report), params)
         return items[: params.max_items] if params.max_items else items
 
-    def poll(self, collection, params=None, after=None, limit=100):
+    def poll(self, collection, params=None, after=None, limit=100, *, report=None, deadline=None):
+        """See :meth:`StacSource.poll`. The whole catalog is listed (a static catalog has no order); if
+        the `deadline` passes before the listing is complete, nothing is returned (a partial listing is
+        not an oldest-first prefix) and ``report.truncated`` says so: the cursor stays."""
         params = params or SearchParams()
+        report = report if report is not None else SourceReport()
+        listed = list(self._collection_items(collection, report, prop=params.updated_property,
+                                             now=dt.datetime.now(dt.timezone.utc), deadline=deadline))
+        if report.truncated is not None:
+            return []
+        times = {id(i): t for i, t in listed}
+        items = filter_items([i for i, _ in listed], params, report)
         if params.selection != SELECTION_ALL:
-            items = self.search(collection, params)
-        else:
-            items = filter_items(self._collection_items(collection), params)
-        return _after(
-            (PolledItem(collection, i.id, item_updated(i, params.updated_property)) for i in items), after, limit
-        )
+            items = apply_selection(items, params)
+            items = items[: params.max_items] if params.max_items else items
+        return _after((PolledItem(collection, i.id, times[id(i)]) for i in items), after, limit)
 
     def get_item(self, collection: str, item_id: str) -> pystac.Item:
         validate_id(item_id, "item")
@@ -504,10 +565,19 @@ class StaticCatalogSource(StacSource):
                 if item.id == item_id and item.collection_id in (collection, None):
                     item.collection_id = collection
                     return item
-        for item in self._collection_items(collection):
+        report = SourceReport()
+        for item, _ in self._collection_items(collection, report):
             if item.id == item_id:
                 return item
-        raise self._error(f"no item {item_id!r} in collection {collection!r}", "not found")
+        raise self._error(f"no item {item_id!r} in collection {collection!r}", _not_found(item_id, report))
+
+
+def _not_found(item_id: str, report: SourceReport) -> str:
+    """"not found", with the reason if the item was there but skipped as malformed."""
+    reasons = [reason for name, reason in report.skipped if name in (repr(item_id), item_id)]
+    if reasons:
+        return f"the item is malformed: {reasons[0]}"
+    return "not found" + (f" ({report.truncated})" if report.truncated else "")
 
 
 class StacApiSource(StacSource):
@@ -550,8 +620,13 @@ class StacApiSource(StacSource):
             self._client = client
         return self._client
 
-    def _search(self, collection: str, params: SearchParams, *, extra_filter: Mapping[str, Any] | None = None,
-                sortby: Any = None, max_items: int | None = None, ids: Sequence[str] | None = None) -> Iterator[pystac.Item]:
+    def _search(self, collection: str, params: SearchParams, report: SourceReport, *,
+                extra_filter: Mapping[str, Any] | None = None, sortby: Any = None, ids: Sequence[str] | None = None,
+                now: dt.datetime | None = None, deadline: float | None = None, on_loop: str = "raise",
+                ) -> Iterator[tuple[pystac.Item, str]]:
+        """(item, ordering time) of each valid feature of the search's pages; a malformed feature is
+        skipped into `report`. A paging loop raises StacSourceError (``on_loop="raise"``) or ends the
+        walk with ``report.truncated`` set (``"stop"``); so does a passed `deadline` (always "stop")."""
         filter_ = params.filter
         filter_lang = params.filter_lang
         if extra_filter is not None:
@@ -562,41 +637,57 @@ class StacApiSource(StacSource):
         kwargs: dict[str, Any] = {
             "collections": [collection], "bbox": params.bbox, "datetime": params.datetime, "query": params.query,
             "filter": filter_, "filter_lang": filter_lang, "sortby": sortby if sortby is not None else params.sortby,
-            "max_items": max_items, "limit": self.page_size, "ids": ids,
-        }
-        kwargs.pop("max_items", None)  # counted here, on distinct items (a repeated item is no new one)
+            "limit": self.page_size, "ids": ids,
+        }  # max_items is counted by the caller, on distinct items (a repeated item is no new one)
         kwargs = {k: v for k, v in kwargs.items() if v not in (None, [], {})}
+        context = f"{self.name}, collection {collection!r}"
+        guard = PageGuard()
         try:
-            search = self.client().search(**kwargs)
-            for item in search.items():
-                if item.collection_id is None:
-                    item.collection_id = collection
-                yield item
+            for page in self.client().search(**kwargs).pages_as_dicts():
+                features = page.get("features") or []
+                for n, feature in enumerate(features if isinstance(features, list) else []):
+                    checked = checked_item(feature, f"feature {n + 1} of page {guard.count + 1}", report,
+                                           prop=params.updated_property, now=now, context=context)
+                    if checked is not None:
+                        if checked[0].collection_id is None:
+                            checked[0].collection_id = collection
+                        yield checked
+                stop = guard.check(page)
+                if stop is None and deadline is not None and time.monotonic() > deadline:
+                    report.stop(f"{context}: the tick's time budget ran out after page {guard.count}; "
+                                "the rest is read on the next tick")
+                    return
+                if stop is not None:
+                    stop = f"{context}: paging loops: {stop}; stopped after {guard.count} pages"
+                    if on_loop == "raise":
+                        raise StacSourceError(stop)
+                    report.stop(stop + " (kept what was read)")
+                    return
         except StacSourceError:
             raise
         except Exception as exc:
             raise self._error(f"search of collection {collection!r} failed", exc) from exc
 
-    def _distinct(self, collection: str, items: Iterable[pystac.Item], max_items: int | None, prop: str) -> list[pystac.Item]:
+    def _distinct(self, collection: str, items: Iterable[tuple[pystac.Item, str]], max_items: int | None) -> list[pystac.Item]:
         """`items` with each id once (its newest version at its first place), at most `max_items`."""
-        kept: dict[str, pystac.Item] = {}
+        kept: dict[str, tuple[pystac.Item, str]] = {}
         repeated: list[str] = []
-        for item in items:
+        for item, updated in items:
             seen = kept.get(item.id)
             if seen is None:
                 if max_items is not None and len(kept) >= max_items:
                     break
-                kept[item.id] = item
+                kept[item.id] = (item, updated)
                 continue
             if item.id not in repeated:
                 repeated.append(item.id)
-            if item_updated(item, prop) > item_updated(seen, prop):
-                kept[item.id] = item
+            if updated > seen[1]:
+                kept[item.id] = (item, updated)
         if repeated:
             log.warning("%s: the search of collection %r returned %d items more than once (kept the newest "
                         "version of each): %s", self.name, collection, len(repeated), ", ".join(repeated[:50])
                         + (" ..." if len(repeated) > 50 else ""))
-        return list(kept.values())
+        return [item for item, _ in kept.values()]
 
     def _check_collection(self, collection: str) -> None:
         """Raise StacSourceError if the API has no such collection (asked only when a search found nothing)."""
@@ -612,20 +703,30 @@ class StacApiSource(StacSource):
         except Exception as exc:
             raise self._error(f"cannot look up collection {collection!r}", exc) from exc
 
-    def search(self, collection: str, params: SearchParams | None = None) -> list[pystac.Item]:
+    def search(self, collection: str, params: SearchParams | None = None, *,
+               report: SourceReport | None = None) -> list[pystac.Item]:
         params = params or SearchParams()
-        items = self._distinct(collection, self._search(collection, params), params.max_items, params.updated_property)
-        if not items:
+        report = report if report is not None else SourceReport()
+        now = dt.datetime.now(dt.timezone.utc)
+        items = self._distinct(collection, self._search(collection, params, report, now=now), params.max_items)
+        if not items and not report.skipped_count:
             self._check_collection(collection)  # nothing selected, or a collection the API does not have
         if params.selection == SELECTION_ALL:
             return items
         return apply_selection(items, params)
 
-    def poll(self, collection, params=None, after=None, limit=100):
+    def poll(self, collection, params=None, after=None, limit=100, *, report=None, deadline=None):
+        """See :meth:`StacSource.poll`: sorted by (updated, id) on the server, from the cursor's second.
+        A paging loop or the `deadline` ends the walk keeping what was read (an oldest-first prefix)."""
         params = params or SearchParams()
+        report = report if report is not None else SourceReport()
+        now = dt.datetime.now(dt.timezone.utc)
         if params.selection != SELECTION_ALL:
-            items = self.search(collection, params)
-            return _after((PolledItem(collection, i.id, item_updated(i, params.updated_property)) for i in items), after, limit)
+            found_items = self._distinct(collection, self._search(collection, params, report, now=now, deadline=deadline,
+                                                                  on_loop="stop"), params.max_items)
+            items = apply_selection(found_items, params)
+            return _after((PolledItem(collection, i.id, item_time(i.properties, params.updated_property))
+                           for i in items), after, limit)
         prop = params.updated_property
         extra = None
         if after is not None:
@@ -636,8 +737,9 @@ class StacApiSource(StacSource):
         found: dict[str, PolledItem] = {}
         repeated: list[str] = []
         # Items sharing the cursor's timestamp come back again (>=): skip them, so fetch a little more.
-        for item in self._search(collection, params, extra_filter=extra, sortby=sortby):
-            polled = PolledItem(collection, item.id, item_updated(item, prop))
+        for item, updated in self._search(collection, params, report, extra_filter=extra, sortby=sortby, now=now,
+                                          deadline=deadline, on_loop="stop"):
+            polled = PolledItem(collection, item.id, updated)
             if after is not None and polled.position <= tuple(after):
                 continue
             seen = found.get(item.id)
@@ -653,16 +755,17 @@ class StacApiSource(StacSource):
         if repeated:
             log.warning("%s: polling collection %r returned %d items more than once (kept the newest version "
                         "of each): %s", self.name, collection, len(repeated), ", ".join(repeated[:50]))
-        if not found and after is None:
+        if not found and after is None and not report:
             self._check_collection(collection)
         return _after(found.values(), after, limit)
 
     def get_item(self, collection: str, item_id: str) -> pystac.Item:
         validate_id(item_id, "item")
-        for item in self._search(collection, SearchParams(), ids=[item_id]):
+        report = SourceReport()
+        for item, _ in self._search(collection, SearchParams(), report, ids=[item_id]):
             if item.id == item_id:
                 return item
-        raise self._error(f"no item {item_id!r} in collection {collection!r}", "not found")
+        raise self._error(f"no item {item_id!r} in collection {collection!r}", _not_found(item_id, report))
 
 
 def open_source(api_url: str | None = None, catalog_path: str | os.PathLike | None = None, **api_options) -> StacSource:
