@@ -171,16 +171,21 @@ class PageGuard:
         self.pages: set[tuple[str, ...]] = set()
         self.count = 0
 
-    def check(self, page: Mapping[str, Any]) -> str | None:
-        """None if paging may go on after `page`, else why not."""
+    def repeated_page(self, page: Mapping[str, Any]) -> str | None:
+        """Why `page` must not be read (its items are exactly those of an earlier page), else None."""
         self.count += 1
         features = page.get("features") or []
         ids = tuple(str(f.get("id")) if isinstance(f, Mapping) else repr(f)[:50] for f in features)
         if ids and ids in self.pages:
             return f"page {self.count} repeats the items of an earlier page ({ids[0]} ...)"
         self.pages.add(ids)
+        return None
+
+    def looping_next(self, page: Mapping[str, Any]) -> str | None:
+        """Why paging must end after `page` (its next link was followed before), else None."""
         links = page.get("links") or []
-        link = next((x for x in links if isinstance(x, Mapping) and x.get("rel") == "next"), None)
+        link = next((x for x in links if isinstance(x, Mapping) and x.get("rel") == "next"), None) \
+            if isinstance(links, list) else None
         if link is None:
             return None
         key = json.dumps([link.get("href"), str(link.get("method", "GET")).upper(), link.get("body")],
@@ -208,7 +213,7 @@ def _read_json(href: str) -> Any:
 
 
 def walk_items(start_href: str, report: SourceReport, *, deadline: float | None = None,
-               reached: set[str] | None = None) -> Iterator[tuple[str, Any]]:
+               reached: set[str] | None = None, context: str = "") -> Iterator[tuple[str, Any]]:
     """(href, JSON) of every item linked from the catalog/collection at `start_href` and its children.
 
     Each link is read on its own: an unreadable item or child is recorded in `report` and skipped; a
@@ -223,7 +228,7 @@ def walk_items(start_href: str, report: SourceReport, *, deadline: float | None 
         try:
             links = _read_json(container_href).get("links") or []
         except Exception as exc:
-            report.skip(container_href, f"unreadable catalog ({type(exc).__name__}: {exc})"[:300])
+            report.skip(container_href, f"unreadable catalog ({type(exc).__name__}: {exc})"[:300], context)
             continue
         for link in links if isinstance(links, list) else []:
             if not isinstance(link, Mapping) or link.get("rel") not in ("item", "child") or not isinstance(link.get("href"), str):
@@ -237,12 +242,13 @@ def walk_items(start_href: str, report: SourceReport, *, deadline: float | None 
                 stack.append(href)
                 continue
             if deadline is not None and time.monotonic() > deadline:
-                report.stop(f"the time budget ran out while listing {start_href}")
+                report.stop(f"{context or start_href}: the time budget ran out while listing the items; "
+                            "nothing polled (a partial listing has no order), the cursor stays")
                 return
             try:
                 data = _read_json(href)
             except Exception as exc:
-                report.skip(href, f"unreadable item file ({type(exc).__name__}: {exc})"[:300])
+                report.skip(href, f"unreadable item file ({type(exc).__name__}: {exc})"[:300], context)
                 continue
             yield href, data
 

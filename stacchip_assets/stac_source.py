@@ -507,7 +507,7 @@ class StaticCatalogSource(StacSource):
         reached: set[str] = set()
         found = False
         context = f"{self.name}, collection {collection!r}"
-        for href, data in walk_items(start, report, deadline=deadline, reached=reached):
+        for href, data in walk_items(start, report, deadline=deadline, reached=reached, context=context):
             checked = checked_item(data, href, report, prop=prop, now=now, context=context, href=href)
             if checked is None:
                 continue
@@ -557,11 +557,16 @@ class StaticCatalogSource(StacSource):
         root = Path(self.catalog_path).parent if "://" not in self.catalog_path else None
         if root is not None:  # best-practices layout first: {collection}/{item_id}/{item_id}.json
             guess = root / validate_id(collection, "collection") / item_id / f"{item_id}.json"
+            report = SourceReport()
             if guess.is_file():
                 try:
-                    item = pystac.Item.from_file(str(guess))
-                except Exception as exc:
+                    data = json.loads(guess.read_text())
+                except (OSError, ValueError) as exc:
                     raise self._error(f"cannot read item {item_id!r}", exc) from exc
+                checked = checked_item(data, str(guess), report, href=str(guess.absolute()))
+                if checked is None:
+                    raise self._error(f"item {item_id!r}", _not_found(item_id, report))
+                item = checked[0]
                 if item.id == item_id and item.collection_id in (collection, None):
                     item.collection_id = collection
                     return item
@@ -644,15 +649,16 @@ class StacApiSource(StacSource):
         guard = PageGuard()
         try:
             for page in self.client().search(**kwargs).pages_as_dicts():
-                features = page.get("features") or []
+                stop = guard.repeated_page(page)
+                features = (page.get("features") or []) if stop is None else []
                 for n, feature in enumerate(features if isinstance(features, list) else []):
-                    checked = checked_item(feature, f"feature {n + 1} of page {guard.count + 1}", report,
+                    checked = checked_item(feature, f"feature {n + 1} of page {guard.count}", report,
                                            prop=params.updated_property, now=now, context=context)
                     if checked is not None:
                         if checked[0].collection_id is None:
                             checked[0].collection_id = collection
                         yield checked
-                stop = guard.check(page)
+                stop = stop or guard.looping_next(page)
                 if stop is None and deadline is not None and time.monotonic() > deadline:
                     report.stop(f"{context}: the tick's time budget ran out after page {guard.count}; "
                                 "the rest is read on the next tick")
