@@ -6,7 +6,6 @@ looping API behind tests/fault_proxy.py."""
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import json
 import os
@@ -28,7 +27,12 @@ from stacchip_assets.dagster_defs.sensors import cursor_reports, parse_cursor
 from stacchip_assets.errors import StacSourceError
 from stacchip_assets.pipeline import ChipSettings
 from stacchip_assets.source_guards import SourceReport
-from stacchip_assets.stac_source import SearchParams, StacApiSource, StaticCatalogSource, canonical_time
+from stacchip_assets.stac_source import (
+    SearchParams,
+    StacApiSource,
+    StaticCatalogSource,
+    canonical_time,
+)
 
 from .fault_proxy import fault_proxy
 from .servers import load_items, synthetic_collection, synthetic_item
