@@ -334,3 +334,17 @@ def test_a_looping_next_link_is_stopped(stac_api, poisoned_api, tmp_path):
         assert len(cursors) <= N_GOOD // 99 + 3
         assert any("paging loops" in line for c in cursors for line in cursor_reports(c).get(API, []))
         assert proxy.stats()["looped"] > 0 and proxy.stats()["requests"] - before <= 4 * len(cursors)
+
+
+def test_a_cursor_left_in_the_future_is_reported(tmp_path):
+    """A cursor written before times were checked (far-future `updated`) hides every item: each tick says so."""
+    from stacchip_assets.dagster_defs.sensors import dump_cursor
+
+    catalog = write_static_catalog(tmp_path / "catalog", STATIC, good_items(STATIC, 2), {})
+    defs, resources = static_defs(catalog, tmp_path / "base")
+    stale = dump_cursor({STATIC: ("2999-01-01T00:00:00.000000Z", "old")})
+    with dg.instance_for_test() as instance:
+        result = sensor_tick(defs, instance, resources, stale)
+    assert not result.run_requests
+    assert any("lies in the future" in line and "reset" in line for line in cursor_reports(result.cursor)[STATIC])
+    assert sensor_tick(defs, dg.DagsterInstance.ephemeral(), resources, None).run_requests  # without it: found

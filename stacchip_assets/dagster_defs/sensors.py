@@ -26,6 +26,7 @@ here so it runs by default (Dagster's own automation sensor is stopped by defaul
 """
 
 
+import datetime as dt
 import json
 import os
 import time
@@ -43,7 +44,7 @@ from dagster import (
 )
 
 from ..errors import StacchipError
-from ..source_guards import SourceReport
+from ..source_guards import FUTURE_TOLERANCE, SourceReport, canonical
 from .assets import COMBINED_INDEX_KEY, ITEM_PARTITIONS_NAME, item_partition_key
 from .presets import CollectionConfig
 from .resources import StacSourceResource
@@ -163,6 +164,12 @@ def build_sensors(collections: list[CollectionConfig], chip_index_job):
                                                                   reports)
         except StacchipError as exc:  # fail the tick; the cursor is not moved
             raise type(exc)(f"polling {stac_source.describe()} failed, cursor kept: {exc}") from exc
+        horizon = canonical(dt.datetime.now(dt.timezone.utc) + FUTURE_TOLERANCE)
+        for collection, (updated, item_id) in cursor.items():
+            if updated > horizon:  # written before times were checked: items updated before it are missed
+                reports.setdefault(collection, []).append(
+                    f"the cursor ({updated}, {item_id}) lies in the future: items updated before it are not "
+                    "polled; reset the sensor's cursor")
         for collection, lines in reports.items():
             context.log.warning("%s: %s", collection, "; ".join(lines))
         context.log.info("new or updated items per collection: %s (%d new partitions, %.1f s)", counts,
