@@ -348,3 +348,49 @@ def test_a_cursor_left_in_the_future_is_reported(tmp_path):
     assert not result.run_requests
     assert any("lies in the future" in line and "reset" in line for line in cursor_reports(result.cursor)[STATIC])
     assert sensor_tick(defs, dg.DagsterInstance.ephemeral(), resources, None).run_requests  # without it: found
+
+
+# -- generated malformed items (issue 11, acceptance 2, for `poll` and `search`) -------------------
+
+def _time_values():
+    from hypothesis import strategies as st
+
+    texts = st.sampled_from(["0000-01-01T00:00:00Z", "2024-02-30T00:00:00Z", "99999-01-01T00:00:00Z", "2024-13-01",
+                             "", "yesterday", "2024-01-01T25:00:00Z", "9999-12-31T23:59:59-14:00", "1-01-01T00:00:00Z"])
+    return st.one_of(st.none(), st.integers(), st.floats(allow_nan=True), st.booleans(), texts, st.text(max_size=30),
+                     st.lists(st.integers(), max_size=3),
+                     st.datetimes(timezones=st.just(dt.timezone.utc)).map(lambda d: d.isoformat()))
+
+
+def test_generated_malformed_items_never_fail_the_poll(tmp_path_factory):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    values = _time_values()
+    fields = st.fixed_dictionaries({}, optional={"updated": values, "datetime": values, "created": values,
+                                                 "start_datetime": values, "id": st.one_of(values, st.text(max_size=300))})
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(fields, min_size=1, max_size=4))
+    def check(changes):
+        folder = tmp_path_factory.mktemp("generated")
+        good = good_items(STATIC, 1)
+        bad = {}
+        for k, change in enumerate(changes):
+            item = poison(STATIC, f"gen{k}", 300 + k)
+            for key, value in change.items():
+                if key == "id":
+                    item["id"] = value
+                else:
+                    item["properties"][key] = value
+            bad[f"gen{k}"] = item
+        source = StaticCatalogSource(write_static_catalog(folder, STATIC, good, bad))
+        report = SourceReport()
+        polled = source.poll(STATIC, report=report)  # never raises for a malformed item
+        assert good[0]["id"] in {p.item_id for p in polled}
+        assert len(polled) + report.skipped_count == 1 + len(changes)
+        horizon = canonical_time(dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1, minutes=1))
+        assert all(p.updated <= horizon for p in polled)  # a cursor never goes into the future
+        assert len(source.search(STATIC)) == len(polled)
+
+    check()
