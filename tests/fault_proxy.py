@@ -44,6 +44,7 @@ DEFAULT_FAULTS: dict[str, Any] = {
     "fail_next": 0,          # the next N requests fail (first status of `statuses`), then the rates apply
     "repeat_rate": 0.0,      # probability that a FeatureCollection page starts with the previous page's last feature
     "only_paths": None,      # if a list of path prefixes: faults apply only to requests whose path starts with one
+    "loop_next": False,      # a FeatureCollection page's `next` link is made to request that same page again
 }
 
 
@@ -52,7 +53,7 @@ class _State:
         self.lock = threading.Lock()
         self.random = random.Random(seed)
         self.faults = dict(DEFAULT_FAULTS)
-        self.stats = {"requests": 0, "forwarded": 0, "failed": 0, "dropped": 0, "delayed": 0, "repeated": 0}
+        self.stats = {"requests": 0, "forwarded": 0, "failed": 0, "dropped": 0, "delayed": 0, "repeated": 0, "looped": 0}
         self.last_feature: dict | None = None
 
     def draw(self, path: str) -> str:
@@ -155,6 +156,7 @@ def _handler(upstream: str, state: _State):
                 connection.close()
             next_page = "token=" in self.path or (body is not None and b'"token"' in body)
             payload = self._maybe_repeat(payload, status, response_headers, next_page)
+            payload = self._maybe_loop(payload, body)
             with state.lock:
                 state.stats["forwarded"] += 1
             self.send_response(status)
@@ -188,6 +190,28 @@ def _handler(upstream: str, state: _State):
             if not repeat:
                 return payload
             page["features"] = [previous, *page["features"]]
+            return json.dumps(page).encode()
+
+        def _maybe_loop(self, payload: bytes, body: bytes | None) -> bytes:
+            """With loop_next, point a page's next link (if it has one) at the request that produced this
+            page: same method, URL and body (a STAC API that pages in a circle)."""
+            with state.lock:
+                loop = bool(state.faults["loop_next"])
+            if not loop:
+                return payload
+            try:
+                page = json.loads(payload)
+            except ValueError:
+                return payload
+            if not isinstance(page, dict) or not any(isinstance(x, dict) and x.get("rel") == "next" for x in page.get("links") or []):
+                return payload
+            link = {"rel": "next", "type": "application/geo+json", "method": self.command,
+                    "href": f"http://{self.headers.get('Host')}{self.path}"}
+            if body:
+                link["body"] = json.loads(body)
+            page["links"] = [x for x in page["links"] if x.get("rel") != "next"] + [link]
+            with state.lock:
+                state.stats["looped"] += 1
             return json.dumps(page).encode()
 
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _forward

@@ -198,7 +198,7 @@ def test_a_failed_run_leaves_the_previous_files_intact(fresh):
     before = {k: Path(storage.path(k)).read_bytes() for k in keys}
     combined_before = combined_snapshot(fresh)
     # the item is updated and its mask COG is now truncated (real bytes cut, as by an interrupted copy)
-    edit_item(fresh.catalog, S2, S2_ITEM, updated="2030-01-01T00:00:00Z")
+    edit_item(fresh.catalog, S2, S2_ITEM, updated="2026-01-01T00:00:00Z")
     truncate(item_json_path(fresh.catalog, S2, S2_ITEM).parent / "scl.tif")
     result = fresh.index(S2_KEY, raise_on_error=False)
     assert not result.success

@@ -78,8 +78,8 @@ def test_the_graph_on_s3_storage_with_cogs_on_s3(s3_pipeline, s3_server, buckets
     p = s3_pipeline
     cogs, index_bucket = buckets
     upload_cogs(s3_server, cogs, sample_catalog, IDS[:2])
-    p.publish(0, "2030-01-01T00:00:01Z")
-    p.publish(1, "2030-01-01T00:00:02Z")
+    p.publish(0, "2026-01-01T00:00:01Z")
+    p.publish(1, "2026-01-01T00:00:02Z")
 
     # the whole graph: item set, per-item chip indexes (through the sensor), combined index and its checks
     item_set = p.defs.resolve_job_def("stac_items_job").execute_in_process(
@@ -134,7 +134,7 @@ def test_wrong_credentials_say_so_and_never_show_the_secret(s3_pipeline, s3_serv
     # 1. the graph: COGs over HTTP, the storage base on S3 with a wrong secret -> the run fails, saying why
     p.href_base = cog_server
     p.use_storage(s3_storage(s3_server, f"s3://{index_bucket}/base", secret=WRONG_SECRET))
-    p.publish(0, "2030-01-01T00:00:01Z")
+    p.publish(0, "2026-01-01T00:00:01Z")
     assert p.carry_out(p.tick(None), raise_on_error=False) == [p.key(0)]
     run = p.last_run
     assert not run.success

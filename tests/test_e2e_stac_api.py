@@ -160,8 +160,8 @@ def test_sensor_indexes_exactly_the_posted_items(pipeline, sample_catalog):
     assert not empty.run_requests and not empty.dynamic_partitions_requests
 
     # two items published: two partitions, two runs; the combined index holds exactly their chips
-    p.publish(0, "2030-01-01T00:00:01Z")
-    p.publish(1, "2030-01-01T00:00:02Z")
+    p.publish(0, "2026-01-01T00:00:01Z")
+    p.publish(1, "2026-01-01T00:00:02Z")
     first = p.tick(empty.cursor)
     assert sorted(first.dynamic_partitions_requests[0].partition_keys) == sorted([p.key(0), p.key(1)])
     assert sorted(p.carry_out(first)) == sorted([p.key(0), p.key(1)])
@@ -171,20 +171,20 @@ def test_sensor_indexes_exactly_the_posted_items(pipeline, sample_catalog):
     assert p.combined_chips() == expected_chips(sample_catalog, p.collection, IDS[:2])
 
     # one more: only that one is indexed, and the combine step touches only it
-    p.publish(2, "2030-01-01T00:00:03Z")
+    p.publish(2, "2026-01-01T00:00:03Z")
     second = p.tick(first.cursor)
     assert p.carry_out(second) == [p.key(2)]
     assert p.combine().metadata["items_changed"].value == 1
     assert p.combined_chips() == expected_chips(sample_catalog, p.collection, IDS)
 
     # an update (PUT) re-indexes that item, under a new run key
-    p.api.put_item(p.item(0, "2030-01-01T00:00:04Z", **{"eo:cloud_cover": 1.5}))
+    p.api.put_item(p.item(0, "2026-01-01T00:00:04Z", **{"eo:cloud_cover": 1.5}))
     third = p.tick(second.cursor)
-    assert [r.run_key for r in third.run_requests] == [f"{p.key(0)}@2030-01-01T00:00:04.000000Z"]
+    assert [r.run_key for r in third.run_requests] == [f"{p.key(0)}@2026-01-01T00:00:04.000000Z"]
     assert not third.dynamic_partitions_requests  # the partition exists already
     assert p.carry_out(third) == [p.key(0)]
     stored = p.store().read_item(p.collection, IDS[0])
-    assert stored.properties["updated"] == "2030-01-01T00:00:04Z" and stored.properties["eo:cloud_cover"] == 1.5
+    assert stored.properties["updated"] == "2026-01-01T00:00:04Z" and stored.properties["eo:cloud_cover"] == 1.5
     assert [p.materializations(i) for i in range(3)] == [2, 1, 1]
     assert p.combine().metadata["items_changed"].value == 1
     assert p.combined_chips() == expected_chips(sample_catalog, p.collection, IDS)
@@ -200,14 +200,14 @@ def test_sensor_indexes_exactly_the_posted_items(pipeline, sample_catalog):
 
 def test_stac_api_outage_fails_the_tick_keeps_the_cursor_and_then_catches_up(pipeline, sample_catalog):
     p = pipeline
-    p.publish(0, "2030-01-01T00:00:01Z")
+    p.publish(0, "2026-01-01T00:00:01Z")
     first = p.tick(None)
     assert p.carry_out(first) == [p.key(0)]
 
     p.api.stop_api()
     try:
         # an item arrives in the catalogue database while its API is down
-        p.api.insert_item_in_database(p.item(1, "2030-01-01T00:00:02Z"))
+        p.api.insert_item_in_database(p.item(1, "2026-01-01T00:00:02Z"))
         context = dg.build_sensor_context(instance=p.instance, cursor=first.cursor, definitions=p.defs, resources=p.resources)
         started = time.monotonic()
         with pytest.raises(StacSourceError) as failure:
@@ -222,7 +222,7 @@ def test_stac_api_outage_fails_the_tick_keeps_the_cursor_and_then_catches_up(pip
 
     caught_up = p.tick(first.cursor)
     assert p.carry_out(caught_up) == [p.key(1)]
-    assert parse_cursor(caught_up.cursor)[p.collection] == ("2030-01-01T00:00:02.000000Z", IDS[1])
+    assert parse_cursor(caught_up.cursor)[p.collection] == ("2026-01-01T00:00:02.000000Z", IDS[1])
     p.combine()
     assert p.combined_chips() == expected_chips(sample_catalog, p.collection, IDS[:2])
 
@@ -261,7 +261,7 @@ def test_signed_hrefs_reach_a_server_that_demands_a_token(pipeline, sample_catal
         p = pipeline
         p.href_base = url
         p.use_storage(StorageResource(base=p.storage.base, href_signer="tests.http_server:sign_with_test_token"))
-        p.publish(0, "2030-01-01T00:00:01Z")
+        p.publish(0, "2026-01-01T00:00:01Z")
         assert p.carry_out(p.tick(None)) == [p.key(0)]
 
 
@@ -269,13 +269,13 @@ def test_the_dagster_dev_daemon_runs_the_sensor(dagster_dev_server, stac_api, co
     """Under `dagster dev`: the daemon's sensor sees a newly posted item and its chip_index run succeeds."""
     server = dagster_dev_server
     item = item_json(sample_catalog, S2, IDS[1], DAGSTER_DEV_COLLECTION, cog_server,
-                     updated="2030-02-01T00:00:00Z", assets=ASSETS)
+                     updated="2026-02-01T00:00:00Z", assets=ASSETS)
     stac_api.post_item(item)
     key = item_partition_key(DAGSTER_DEV_COLLECTION, IDS[1])
     run = server.wait_for_run(tags={"dagster/partition": key}, timeout=180)
     assert run["jobName"] == "chip_index_job"
     assert run["tags"]["dagster/sensor_name"] == SENSOR
-    assert run["tags"]["dagster/run_key"] == f"{key}@2030-02-01T00:00:00.000000Z"
+    assert run["tags"]["dagster/run_key"] == f"{key}@2026-02-01T00:00:00.000000Z"
     index = server.home / "stacchip" / "index" / DAGSTER_DEV_COLLECTION / IDS[1] / f"index_{IDS[1]}.parquet"
     assert index.is_file()
     assert json.loads((server.home / "stacchip" / DAGSTER_DEV_COLLECTION / IDS[1] / "stac_item.json").read_text())[

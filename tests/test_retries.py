@@ -29,7 +29,7 @@ def collection(request, stac_api, sample_catalog, cog_server):
     name = "retry-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:36].strip("-") + "-" + uuid.uuid4().hex[:6]
     stac_api.create_collection(collection_json(sample_catalog, S2, name))
     for n, item_id in enumerate(IDS):
-        stac_api.post_item(item_json(sample_catalog, S2, item_id, name, cog_server, updated=f"2030-01-01T00:00:0{n}Z",
+        stac_api.post_item(item_json(sample_catalog, S2, item_id, name, cog_server, updated=f"2026-01-01T00:00:0{n}Z",
                                      assets=ASSETS))
     try:
         yield name

@@ -69,11 +69,11 @@ def test_no_secret_or_token_in_logs_metadata_or_stored_objects(private_s3, stac_
     home.mkdir()
     try:
         with serve_directory(str(sample_catalog.parent), require_token=TEST_TOKEN) as cogs:
-            plain = item_json(sample_catalog, S2, IDS[0], collection, cogs, updated="2030-01-01T00:00:01Z", assets=ASSETS)
-            signed = item_json(sample_catalog, S2, IDS[1], collection, cogs, updated="2030-01-01T00:00:02Z", assets=ASSETS)
+            plain = item_json(sample_catalog, S2, IDS[0], collection, cogs, updated="2026-01-01T00:00:01Z", assets=ASSETS)
+            signed = item_json(sample_catalog, S2, IDS[1], collection, cogs, updated="2026-01-01T00:00:02Z", assets=ASSETS)
             for asset in signed["assets"].values():  # as a provider that signs its hrefs (SAS) hands it out
                 asset["href"] += f"?{TEST_TOKEN}"
-            broken = item_json(sample_catalog, S2, IDS[2], collection, cogs, updated="2030-01-01T00:00:03Z", assets=ASSETS)
+            broken = item_json(sample_catalog, S2, IDS[2], collection, cogs, updated="2026-01-01T00:00:03Z", assets=ASSETS)
             for asset in broken["assets"].values():
                 asset["href"] = asset["href"].replace(".tif", "-missing.tif") + f"?{TEST_TOKEN}"
             for data in (plain, signed, broken):

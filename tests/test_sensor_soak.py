@@ -109,7 +109,7 @@ def test_100_ticks_with_a_faulty_stac_api_index_every_item_version_exactly_once(
 
     def publish(n: int, put: bool) -> None:
         minute = next(clock)
-        updated = f"2031-01-01T{minute // 60:02d}:{minute % 60:02d}:00Z"
+        updated = f"2026-06-01T{minute // 60:02d}:{minute % 60:02d}:00Z"
         data = item_json(sample_catalog, S2, IDS[n % len(IDS)], collection, cog_server, updated=updated, assets=ASSETS)
         data["id"] = soak_id(n)
         (stac_api.put_item if put else stac_api.post_item)(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import time
@@ -96,16 +97,22 @@ def test_an_updated_item_is_reindexed_with_a_new_run_key(graph):
     assert not result.dynamic_partitions_requests  # the partition exists already
 
 
-def test_without_updated_the_file_mtime_counts(graph):
-    edit_item(graph.catalog, "naip", "me_m_4406901_ne_19_060_20211006", updated=None)
+def test_without_updated_the_item_created_counts_never_the_file_mtime(graph):
+    """An item without `updated` is ordered by its own `created` (else datetime): a file touched later
+    moves nothing (a file mtime would move the cursor past items published later)."""
+    item_id = "me_m_4406901_ne_19_060_20211006"
+    edit_item(graph.catalog, "naip", item_id, updated=None)
+    properties = json.loads(item_json_path(graph.catalog, "naip", item_id).read_text())["properties"]
+    expected = canonical_time(properties.get("created") or properties["datetime"])
     first, cursor = tick(graph, None)
-    key = item_partition_key("naip", "me_m_4406901_ne_19_060_20211006")
-    assert key in {r.partition_key for r in first.run_requests}
-    path = item_json_path(graph.catalog, "naip", "me_m_4406901_ne_19_060_20211006")
+    key = item_partition_key("naip", item_id)
+    assert {r.partition_key: r.run_key for r in first.run_requests}[key] == f"{key}@{expected}"
+    assert parse_cursor(cursor)["naip"] == (expected, item_id)
+    path = item_json_path(graph.catalog, "naip", item_id)
     later = time.time() + 3600
     os.utime(path, (later, later))
     result, _ = tick(graph, cursor)
-    assert [r.partition_key for r in result.run_requests] == [key]
+    assert result.run_requests == []
 
 
 def test_items_per_tick_are_capped_and_paged(graph):
@@ -219,10 +226,11 @@ def test_sensor_against_a_stac_api(catalog, tmp_path, api_url):
             f"{collection}/{i.id}" for i in items)
         assert not run(second.cursor).run_requests
         changed = items[0].clone()
-        changed.properties["updated"] = "2031-01-01T00:00:00Z"
+        now = canonical_time(dt.datetime.now(dt.timezone.utc))  # not in the future: future times are refused
+        changed.properties["updated"] = now
         post(changed, "put")
         third = run(second.cursor)
-        assert [r.run_key for r in third.run_requests] == [f"{collection}/{items[0].id}@2031-01-01T00:00:00.000000Z"]
+        assert [r.run_key for r in third.run_requests] == [f"{collection}/{items[0].id}@{now}"]
         # one item indexed from the API, end to end
         assets = {a.key.to_user_string(): a for a in defs.assets}
         instance.add_dynamic_partitions(ITEM_PARTITIONS_NAME, [f"{collection}/{items[0].id}"])

@@ -40,7 +40,7 @@ def collection(request, stac_api, sample_catalog, cog_server):
     stac_api.create_collection(collection_json(sample_catalog, S2, name))
     ids = []
     for n in range(N_ITEMS):
-        data = item_json(sample_catalog, S2, IDS[0], name, cog_server, updated=f"2030-01-01T00:00:{n:02d}Z", assets=ASSETS)
+        data = item_json(sample_catalog, S2, IDS[0], name, cog_server, updated=f"2026-01-01T00:00:{n:02d}Z", assets=ASSETS)
         data["id"] = f"{IDS[0]}-copy{n}"
         stac_api.post_item(data)
         ids.append(data["id"])

@@ -55,7 +55,7 @@ def test_lineage_graph_in_headless_chromium(dagster_dev_server, stac_api, cog_se
     server = dagster_dev_server
     # an item in the API, then one partition of the item sets materialized through GraphQL
     stac_api.post_item(item_json(sample_catalog, S2, ITEM, DAGSTER_DEV_COLLECTION, cog_server,
-                                 updated="2030-03-01T00:00:00Z",
+                                 updated="2026-03-01T00:00:00Z",
                                  assets=["blue", "green", "red", "nir", "rededge1", "swir16", "scl"]))
     run_id = server.launch_run("stac_items_job", partition_key=DAGSTER_DEV_COLLECTION)
     run = server.wait_for_run(run_id=run_id, timeout=180)

@@ -59,6 +59,7 @@ from ..errors import AssetReadError, StacchipError, StacSourceError, StorageErro
 from ..geoparquet import INDEX_SCHEMA
 from ..paths import validate_id
 from ..pipeline import ItemIndexResult, index_item, prune_assets
+from ..source_guards import SourceReport
 from ..stac_source import item_summary, params_json
 from .presets import CollectionConfig
 from .resources import ChipSettingsResource, StacSourceResource, StorageResource
@@ -218,8 +219,9 @@ def build_assets(collections: list[CollectionConfig]):
         config = by_collection[context.partition_key]
         store = storage.storage()
         settings = chip_settings.for_collection(config)
+        report = SourceReport()  # malformed items skipped, unlinked item files (untrusted sources)
         try:
-            items = stac_source.source().search(config.collection, config.search)
+            items = stac_source.source().search(config.collection, config.search, report=report)
             for item in items:
                 store.write_item(prune_assets(item, settings.assets, settings.indexer), config.collection)
         except StacchipError as exc:
@@ -254,6 +256,8 @@ def build_assets(collections: list[CollectionConfig]):
                 "preset": MetadataValue.text(config.preset or ""),
                 "path": MetadataValue.path(listing_uri),
                 "items": MetadataValue.md(f"**{len(items)} items**, {span}\n\n{table}{more}"),
+                "skipped_items": MetadataValue.int(report.skipped_count),
+                "source_problems": MetadataValue.md("\n".join(f"- {line}" for line in report.lines(100)) or "none"),
             },
             data_version=DataVersion(version),
         )

@@ -7,6 +7,14 @@ indexes the same item version twice, an updated item is re-indexed, and a failed
 retried by hand (Dagster never relaunches a run key). A failing source raises: the tick fails and
 the cursor stays where it was.
 
+Untrusted sources: a malformed item (bad id, datetime or `updated`; `updated` in the future) is
+skipped, never failing its neighbours or the collection's poll; the cursor only takes validated item
+times, never later than now + `FUTURE_TOLERANCE` (see `stacchip_assets.source_guards`). What a tick
+skipped is logged (one warning per collection, naming the items), written in the cursor under
+``"reported"`` (the latest tick's problems per collection, see :func:`cursor_reports`) and, on a tick
+without runs, in the skip reason. The tick budget is passed into each collection's poll, so a long
+or looping paging stops inside the collection (keeping what it read) rather than after it.
+
 At scale: a tick asks each collection for at most `max_items_per_tick` items
 (STACCHIP_MAX_ITEMS_PER_TICK, default 100) and the next tick carries on from the cursor, so a backlog
 of thousands of items is worked off over successive ticks, each well inside Dagster's 60 s limit.
@@ -18,6 +26,7 @@ here so it runs by default (Dagster's own automation sensor is stopped by defaul
 """
 
 
+import datetime as dt
 import json
 import os
 import time
@@ -35,13 +44,16 @@ from dagster import (
 )
 
 from ..errors import StacchipError
+from ..source_guards import FUTURE_TOLERANCE, SourceReport, canonical
 from .assets import COMBINED_INDEX_KEY, ITEM_PARTITIONS_NAME, item_partition_key
 from .presets import CollectionConfig
 from .resources import StacSourceResource
 
 CURSOR_VERSION = 1
-#: Stop polling further collections after this long (a tick times out after 60 s).
+#: Stop polling (further pages or collections) after this long (a tick times out after 60 s).
 TICK_BUDGET_SECONDS = 40.0
+#: Problems kept per collection in the cursor's "reported" entry.
+CURSOR_REPORTED = 20
 #: Seconds between two polls of the STAC sources (environment variable, default 60).
 SENSOR_INTERVAL_ENV = "STACCHIP_SENSOR_INTERVAL_SECONDS"
 
@@ -66,8 +78,17 @@ def parse_cursor(text: str | None) -> dict[str, tuple[str, str]]:
     return {c: (v[0], v[1]) for c, v in data.get("collections", {}).items()}
 
 
-def dump_cursor(positions: dict[str, tuple[str, str]]) -> str:
-    return json.dumps({"v": CURSOR_VERSION, "collections": {c: list(p) for c, p in sorted(positions.items())}}, sort_keys=True)
+def dump_cursor(positions: dict[str, tuple[str, str]], reported: dict[str, list[str]] | None = None) -> str:
+    """The cursor: positions per collection, plus the latest tick's problems (if any) under "reported"."""
+    data: dict[str, Any] = {"v": CURSOR_VERSION, "collections": {c: list(p) for c, p in sorted(positions.items())}}
+    if reported:
+        data["reported"] = {c: lines[:CURSOR_REPORTED] for c, lines in sorted(reported.items())}
+    return json.dumps(data, sort_keys=True)
+
+
+def cursor_reports(text: str | None) -> dict[str, list[str]]:
+    """{collection: problem lines} the tick that wrote this cursor reported (skipped items, loops)."""
+    return dict(json.loads(text).get("reported", {})) if text else {}
 
 
 def poll_new_items(
@@ -75,25 +96,31 @@ def poll_new_items(
     stac_source: StacSourceResource,
     cursor: dict[str, tuple[str, str]],
     instance=None,
+    reports: dict[str, list[str]] | None = None,
 ) -> tuple[list[RunRequest], list[str], dict[str, tuple[str, str]], dict[str, Any]]:
-    """(run requests, new partition keys, new cursor, per-collection counts) of one tick.
+    """(run requests, new partition keys, new cursor, per-collection counts) of one tick; what each
+    collection's poll skipped or stopped on goes to `reports` ({collection: lines}).
 
     At most `stac_source.max_items_per_tick` items per collection, oldest `updated` first; the
     partition keys that `instance` already has are left out of the new ones (one query for all of
     the tick's keys). Without an instance every key counts as new (Dagster skips existing ones).
     """
+    reports = reports if reports is not None else {}
     source = stac_source.source()
-    started = time.monotonic()
+    deadline = time.monotonic() + TICK_BUDGET_SECONDS
     new_cursor = dict(cursor)
     runs: list[RunRequest] = []
     keys: list[str] = []
     counts: dict[str, Any] = {}
     for config in collections:
-        if time.monotonic() - started > TICK_BUDGET_SECONDS:
+        if time.monotonic() > deadline:
             counts[config.collection] = "deferred to the next tick"
             continue
+        report = SourceReport()
         polled = source.poll(config.collection, config.search, after=cursor.get(config.collection),
-                             limit=stac_source.max_items_per_tick)
+                             limit=stac_source.max_items_per_tick, report=report, deadline=deadline)
+        if report:
+            reports[config.collection] = report.lines(CURSOR_REPORTED)
         for item in polled:
             key = item_partition_key(item.collection, item.item_id)
             keys.append(key)
@@ -131,16 +158,28 @@ def build_sensors(collections: list[CollectionConfig], chip_index_job):
     def stac_item_sensor(context: SensorEvaluationContext, stac_source: StacSourceResource) -> SensorResult:
         cursor = parse_cursor(context.cursor)
         started = time.monotonic()
+        reports: dict[str, list[str]] = {}
         try:
-            runs, partitions, new_cursor, counts = poll_new_items(collections, stac_source, cursor, context.instance)
+            runs, partitions, new_cursor, counts = poll_new_items(collections, stac_source, cursor, context.instance,
+                                                                  reports)
         except StacchipError as exc:  # fail the tick; the cursor is not moved
             raise type(exc)(f"polling {stac_source.describe()} failed, cursor kept: {exc}") from exc
+        horizon = canonical(dt.datetime.now(dt.timezone.utc) + FUTURE_TOLERANCE)
+        for collection, (updated, item_id) in cursor.items():
+            if updated > horizon:  # written before times were checked: items updated before it are missed
+                reports.setdefault(collection, []).append(
+                    f"the cursor ({updated}, {item_id}) lies in the future: items updated before it are not "
+                    "polled; reset the sensor's cursor")
+        for collection, lines in reports.items():
+            context.log.warning("%s: %s", collection, "; ".join(lines))
         context.log.info("new or updated items per collection: %s (%d new partitions, %.1f s)", counts,
                          len(partitions), time.monotonic() - started)
         requests = [AddDynamicPartitionsRequest(ITEM_PARTITIONS_NAME, partitions)] if partitions else []
+        next_cursor = dump_cursor(new_cursor, reports)
         if not runs:
-            return SensorResult(skip_reason=f"no new items ({counts})", cursor=dump_cursor(new_cursor))
-        return SensorResult(run_requests=runs, dynamic_partitions_requests=requests, cursor=dump_cursor(new_cursor))
+            problems = f"; reported: {json.dumps(reports)[:2000]}" if reports else ""
+            return SensorResult(skip_reason=f"no new items ({counts}){problems}", cursor=next_cursor)
+        return SensorResult(run_requests=runs, dynamic_partitions_requests=requests, cursor=next_cursor)
 
     combined_index_automation = AutomationConditionSensorDefinition(
         "combined_index_automation",
