@@ -19,10 +19,13 @@ import pyarrow as pa
 import pystac
 import shapely
 
-from .errors import StacchipError
+from .errors import InvalidItemError, StacchipError
 from .hrefs import HrefPolicy, strip_credentials
 from .indexer import INDEXERS, ChipIndexer, Indexer, indexer_class_for
+from .limits import ReadLimits
+from .paths import validate_id
 from .quicklook import DEFAULT_SIZE, render_quicklook
+from .stac import item_bbox
 from .stac_source import item_updated
 from .storage import Storage
 
@@ -149,11 +152,18 @@ def explain_empty(indexer: ChipIndexer, total: int, kept: int) -> str | None:
 
 
 def _footprint(item: pystac.Item):
+    """The item's footprint: its geometry, else its bbox (InvalidItemError when malformed)."""
+    bbox = item_bbox(item)
     if item.geometry:
-        return shapely.geometry.shape(item.geometry)
-    if item.bbox:
-        return shapely.box(*item.bbox[:2], *item.bbox[-2:]) if len(item.bbox) == 4 else shapely.box(item.bbox[0], item.bbox[1], item.bbox[3], item.bbox[4])
-    return None
+        try:
+            shape = shapely.geometry.shape(item.geometry)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, shapely.errors.ShapelyError) as exc:
+            raise InvalidItemError(f"geometry is not valid GeoJSON: {type(exc).__name__}: {str(exc)[:160]}",
+                                   item_id=item.id) from exc
+        if not np.isfinite(shapely.get_coordinates(shape)).all():
+            raise InvalidItemError("geometry has NaN or infinite coordinates", item_id=item.id)
+        return shape
+    return shapely.box(*bbox) if bbox is not None else None
 
 
 def check_index(table: pa.Table, item: pystac.Item, settings: ChipSettings, explanation: str | None,
@@ -221,15 +231,33 @@ def index_item(
     collection: str | None = None,
     quicklook_size: tuple[int, int] = DEFAULT_SIZE,
     href_policy: HrefPolicy | None = None,
+    limits: ReadLimits | None = None,
 ) -> ItemIndexResult:
     """Index one item and store item JSON, index and quicklook under `storage`.
 
     All pixel reads happen before the first write: a failure leaves the stored files untouched.
-    `href_policy` refuses asset hrefs the (untrusted) item must not make us open.
+    `href_policy` refuses asset hrefs the (untrusted) item must not make us open; `limits` bounds
+    what its metadata may make us allocate. Malformed metadata raises a StacchipError subclass
+    (InvalidItemError at the least), never a bare ValueError/TypeError.
     """
+    if not isinstance(item.id, str):
+        raise InvalidItemError(f"the item id {str(item.id)[:60]!r} is not a string")
+    validate_id(item.id, "item")
     collection = collection or item.collection_id
     if not collection:
         raise StacchipError("the item has no collection id", item_id=item.id)
+    validate_id(collection, "collection")
+    try:
+        return _index_item(item, storage, settings, collection, quicklook_size, href_policy, limits)
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError, ZeroDivisionError, AttributeError) as exc:
+        # A field no check above foresaw: still the item's fault, reported as such (not retried).
+        raise InvalidItemError(f"malformed metadata: {type(exc).__name__}: {str(exc)[:200]}", item_id=item.id) from exc
+
+
+def _index_item(item: pystac.Item, storage: Storage, settings: ChipSettings, collection: str,
+                quicklook_size: tuple[int, int], href_policy: HrefPolicy | None,
+                limits: ReadLimits | None) -> ItemIndexResult:
+    """The work of :func:`index_item`: read and compute everything, then write."""
     source_href = item.get_self_href()
     if source_href:  # recorded in metadata: never with a signed URL's token
         source_href = strip_credentials(source_href)
@@ -237,7 +265,7 @@ def index_item(
     stored = prune_assets(item, settings.assets, settings.indexer)
     indexer = Indexer(
         stored, chip_size=settings.chip_size, chip_max_nodata=settings.chip_max_nodata, kind=settings.indexer,
-        stride=settings.stride, pad_edges=settings.pad_edges, href_policy=href_policy,
+        stride=settings.stride, pad_edges=settings.pad_edges, href_policy=href_policy, limits=limits,
     )
     item_uri = storage.uri(storage.item_key(collection, item.id))
     table = indexer.create_index(item_href=item_uri)
