@@ -17,7 +17,7 @@ ENV_PREFIX = "STACCHIP_"
 class ReadLimits:
     """Upper bounds on chips per item, mask pixels read at once, tile pixels and chip size."""
 
-    max_chips_per_item: int = 1_000_000
+    max_chips_per_item: int = 100_000
     max_mask_pixels: int = 100_000_000
     max_tile_pixels: int = 16_777_216
     max_chip_size: int = 4096

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -166,6 +167,37 @@ def _footprint(item: pystac.Item):
     return shapely.box(*bbox) if bbox is not None else None
 
 
+#: Chips drawn in a quicklook at most: beyond, every k-th chip row and column (a PNG of 800 px cannot
+#: show more, and drawing is per polygon).
+QUICKLOOK_MAX_CHIPS = 10_000
+
+
+def _quicklook(item: pystac.Item, indexer: ChipIndexer, table: pa.Table, size: tuple[int, int]) -> bytes:
+    """The quicklook PNG: every grid chip (thinned past QUICKLOOK_MAX_CHIPS), kept ones coloured by
+    cloud, dropped ones grey."""
+    total, kept = indexer.size, table.num_rows
+    step = max(1, math.ceil(math.sqrt(total / QUICKLOOK_MAX_CHIPS)))
+    xs, ys = indexer.grid.positions()
+    kept_x = table.column("chip_index_x").to_numpy().astype(np.int64) if kept else np.empty(0, np.int64)
+    kept_y = table.column("chip_index_y").to_numpy().astype(np.int64) if kept else np.empty(0, np.int64)
+    cloud = table.column("cloud_cover_percentage").to_numpy() if kept else np.empty(0)
+    is_kept = np.zeros(total, dtype=bool)
+    if kept:
+        is_kept[kept_y * max(indexer.x_size, 1) + kept_x] = True
+    drawn = (xs % step == 0) & (ys % step == 0)
+    drawn_kept = (kept_x % step == 0) & (kept_y % step == 0)
+    if step > 1:
+        log.info("%s: quicklook of %d chips draws every %d-th chip row and column", item.id, total, step)
+    dropped = drawn & ~is_kept
+    return render_quicklook(
+        indexer.grid.footprints(kept_x[drawn_kept], kept_y[drawn_kept]) if kept else np.empty(0, dtype=object),
+        cloud[drawn_kept],
+        indexer.grid.footprints(xs[dropped], ys[dropped]) if dropped.any() else None,
+        _footprint(item),
+        size=size,
+    )
+
+
 def check_index(table: pa.Table, item: pystac.Item, settings: ChipSettings, explanation: str | None,
                 tolerance: float = 0.02) -> list[CheckOutcome]:
     """Per-item checks: non-empty (or explained), geometries valid and inside the item footprint,
@@ -276,21 +308,7 @@ def _index_item(item: pystac.Item, storage: Storage, settings: ChipSettings, col
     kept = table.num_rows
     explanation = explain_empty(indexer, total, kept)
 
-    # quicklook: every grid chip, kept ones coloured by cloud, dropped ones grey
-    xs, ys = indexer.grid.positions()
-    all_fp = indexer.grid.footprints(xs, ys) if total else np.empty(0, dtype=object)
-    kept_x = table.column("chip_index_x").to_numpy().astype(np.int64) if kept else np.empty(0, np.int64)
-    kept_y = table.column("chip_index_y").to_numpy().astype(np.int64) if kept else np.empty(0, np.int64)
-    is_kept = np.zeros(total, dtype=bool)
-    if kept:
-        is_kept[kept_y * max(indexer.x_size, 1) + kept_x] = True
-    png = render_quicklook(
-        indexer.grid.footprints(kept_x, kept_y) if kept else np.empty(0, dtype=object),
-        table.column("cloud_cover_percentage").to_numpy() if kept else np.empty(0),
-        all_fp[~is_kept] if total else None,
-        _footprint(item),
-        size=quicklook_size,
-    )
+    png = _quicklook(item, indexer, table, quicklook_size)
     checks = check_index(table, item, settings, explanation)
 
     # writes, each atomic; the index last but one so a reader never sees an index without its item

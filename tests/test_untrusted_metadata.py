@@ -145,7 +145,7 @@ def test_a_huge_proj_shape_is_refused_before_allocating(tmp_path):
     item = make_item("huge-shape", {"b04": (path, (10**7, 10**7), transform)})
     storage = Storage(tmp_path / "base")
     with pytest.raises(ResourceLimitError, match=r"item 'huge-shape', asset 'b04': the 10000000x10000000 px grid gives "
-                       r"39062x39062 = 1525839844 chips of 256 px, more than 1000000 \(limit STACCHIP_MAX_CHIPS_PER_ITEM\)"):
+                       r"39062x39062 = 1525839844 chips of 256 px, more than 100000 \(limit STACCHIP_MAX_CHIPS_PER_ITEM\)"):
         index_item(item, storage)
     assert not (tmp_path / "base").exists() or not any((tmp_path / "base").rglob("*.parquet"))
     # the limit is configuration: a smaller one refuses a normal item too
@@ -311,3 +311,41 @@ def test_errors_say_whether_a_retry_may_help(tmp_path):
         assert cls("x").transient is False
     assert ResourceLimitError("x", limit="L").transient is False
     assert issubclass(ResourceLimitError, StacchipError) and issubclass(InvalidItemError, StacchipError)
+
+
+# -- failure 7 in Dagster: bad metadata is not retried ------------------------------------------------
+
+from .test_backfill import edit_item_json, partition_keys, small  # noqa: E402,F401 (the fixture is used by name)
+
+
+def _broken_transform(data: dict) -> None:
+    for asset in data["assets"].values():
+        if "proj:transform" in asset:
+            asset["proj:transform"] = asset["proj:transform"][:5]  # 5 elements
+    if "proj:transform" in data["properties"]:
+        data["properties"]["proj:transform"] = data["properties"]["proj:transform"][:5]
+
+
+def test_a_run_over_an_item_with_a_malformed_transform_fails_at_once_without_retries(small):
+    key = partition_keys(small["grid"])[0]
+    edit_item_json(small, key, _broken_transform)
+    result = dg.materialize([small["assets"]["chip_index"]], instance=small["instance"], resources=small["resources"],
+                            partition_key=key, raise_on_error=False, run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
+    assert not result.success
+    assert not [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    data = failure.event_specific_data
+    assert "InvalidItemError" in data.user_failure_data.description
+    assert "proj:transform must be a list of 6 or 9 numbers" in data.user_failure_data.description
+    assert data.user_failure_data.metadata["transient"].value is False
+
+
+def test_a_run_whose_item_is_gone_is_retried_as_transient(small):
+    """The counterpart: a StacSourceError (the item vanished from the catalog) may pass, so it is retried."""
+    key = partition_keys(small["grid"])[0]
+    item_id = key.split("/", 1)[1]
+    (small["catalog"].parent / key.split("/")[0] / item_id / f"{item_id}.json").unlink()
+    result = dg.materialize([small["assets"]["chip_index"]], instance=small["instance"], resources=small["resources"],
+                            partition_key=key, raise_on_error=False, run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
+    assert not result.success
+    assert len([e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]) == 2
