@@ -161,8 +161,10 @@ def _footprint(item: pystac.Item):
         except (ValueError, TypeError, KeyError, IndexError, AttributeError, shapely.errors.ShapelyError) as exc:
             raise InvalidItemError(f"geometry is not valid GeoJSON: {type(exc).__name__}: {str(exc)[:160]}",
                                    item_id=item.id) from exc
-        if not np.isfinite(shapely.get_coordinates(shape)).all():
-            raise InvalidItemError("geometry has NaN or infinite coordinates", item_id=item.id)
+        xy = shapely.get_coordinates(shape)
+        if not (np.isfinite(xy).all() and (np.abs(xy[:, 0]) <= 360).all() and (np.abs(xy[:, 1]) <= 90).all()):
+            raise InvalidItemError("geometry has coordinates that are not lon/lat degrees (NaN, infinite, beyond +-90)",
+                                   item_id=item.id)
         return shape
     return shapely.box(*bbox) if bbox is not None else None
 
@@ -281,7 +283,8 @@ def index_item(
     validate_id(collection, "collection")
     try:
         return _index_item(item, storage, settings, collection, quicklook_size, href_policy, limits)
-    except (ValueError, TypeError, IndexError, KeyError, OverflowError, ZeroDivisionError, AttributeError) as exc:
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError, ZeroDivisionError, AttributeError,
+            shapely.errors.ShapelyError) as exc:
         # A field no check above foresaw: still the item's fault, reported as such (not retried).
         raise InvalidItemError(f"malformed metadata: {type(exc).__name__}: {str(exc)[:200]}", item_id=item.id) from exc
 

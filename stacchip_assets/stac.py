@@ -268,8 +268,8 @@ def item_from_dict(data: Any) -> pystac.Item:
 def item_bbox(item: pystac.Item) -> tuple[float, float, float, float] | None:
     """The item's bbox as (west, south, east, north) (None without one).
 
-    InvalidItemError unless it is 4 or 6 finite numbers with south <= north (west > east is
-    allowed: a bbox across the antimeridian).
+    InvalidItemError unless it is 4 or 6 finite numbers in degrees with south <= north (west > east
+    is allowed: a bbox across the antimeridian).
     """
     bbox = item.bbox
     if bbox is None:
@@ -282,6 +282,8 @@ def item_bbox(item: pystac.Item) -> tuple[float, float, float, float] | None:
     west, south, east, north = values if len(values) == 4 else (values[0], values[1], values[3], values[4])
     if south > north:
         raise InvalidItemError(f"bbox south {south} is north of north {north}", item_id=item.id)
+    if not (all(-90 <= v <= 90 for v in (south, north)) and all(-360 <= v <= 360 for v in (west, east))):
+        raise InvalidItemError(f"bbox {values} is not in lon/lat degrees (latitudes within +-90)", item_id=item.id)
     return west, south, east, north
 
 

@@ -349,3 +349,129 @@ def test_a_run_whose_item_is_gone_is_retried_as_transient(small):
                             partition_key=key, raise_on_error=False, run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
     assert not result.success
     assert len([e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]) == 2
+
+
+# -- acceptance 2: generated malformed items through index_item and read_chip -------------------------
+
+def property_run(folder: Path, max_examples: int) -> dict:
+    """Run the property in this process (a child of the test): every generated item, through
+    `item_from_dict` + `index_item` and through `read_chip` (from its JSON file), raises nothing but
+    StacchipError subclasses, each call within 30 s (SIGALRM). Returns what was seen."""
+    import collections
+    import resource
+    import signal
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from stacchip_assets.hrefs import HrefPolicy
+    from stacchip_assets.reader import read_chip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    b04 = band(folder, "b04", 512, 512)
+    scl = write_cog(folder / "scl.tif", np.full((256, 256), 4, np.uint8), utm(20.0))
+    base = make_item("prop-item", {"b04": b04, "scl": (scl, (256, 256), utm(20.0))}, collection="sentinel-2-l2a")
+    base.properties["updated"] = "2024-05-18T00:00:00Z"
+    base_dict = base.to_dict(include_self_link=False)
+    policy = HrefPolicy(local_roots=(str(folder),))
+    seen: collections.Counter = collections.Counter()
+
+    number = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True),
+                       st.sampled_from([0, 1, -1, 255, 256, 10**7, 10**12, 2**63, 1e308, -0.0]))
+    scalar = st.one_of(number, st.text(max_size=8), st.none(), st.booleans())
+    shape = st.one_of(st.lists(st.one_of(st.integers(-10, 10**8), scalar), max_size=4), scalar,
+                      st.tuples(st.integers(1, 10**8), st.integers(1, 10**8)).map(list),
+                      st.sampled_from([[10**7, 10**7], [10**5, 10**5], [2**31, 1], [80000, 80000]]))
+    res = st.one_of(st.floats(1e-12, 1e6), st.sampled_from([10.0, 20.0, 1e-300, 1e300]))
+    transform = st.one_of(
+        st.lists(st.one_of(st.floats(-1e10, 1e10), scalar), max_size=10), scalar,
+        st.tuples(res, st.floats(allow_nan=True, allow_infinity=True)).map(lambda t: [t[0], 0.0, X0, 0.0, -t[0], t[1]]),
+    )
+    bbox = st.one_of(st.lists(scalar, max_size=7), st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=4, max_size=4), scalar)
+    when = st.one_of(st.text(max_size=30), number, st.none(), st.sampled_from(
+        ["2023-02-30T00:00:00Z", "0000-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00",
+         "2024-05-17T10:56:21Z", "2024-13-01T00:00:00Z", "99999-01-01T00:00:00Z"]))
+    ident = st.one_of(st.text(max_size=300), number, st.none(), st.sampled_from(["a" * 242, "ok\n", "../x", "a" * 241, ""]))
+    crs = st.one_of(st.sampled_from(["EPSG:4326", "EPSG:999999", "EPSG:32632", "foo", ""]), number)
+    level = st.sampled_from(["item", "b04", "scl"])
+    mutation = st.one_of(
+        st.tuples(st.just("proj:shape"), level, shape), st.tuples(st.just("proj:transform"), level, transform),
+        st.tuples(st.just("proj:code"), level, crs), st.tuples(st.just("bbox"), st.just("item"), bbox),
+        st.tuples(st.just("datetime"), st.just("item"), when), st.tuples(st.just("start_datetime"), st.just("item"), when),
+        st.tuples(st.just("updated"), st.just("item"), when), st.tuples(st.just("id"), st.just("item"), ident),
+    )
+
+    def mutate(changes) -> dict:
+        data = json.loads(json.dumps(base_dict))
+        for field, where, value in changes:
+            if field in ("bbox", "id"):
+                data[field] = value
+                if field == "bbox":
+                    data["geometry"] = None
+            elif where == "item":
+                data["properties"][field] = value
+            else:
+                data["assets"][where][field] = value
+        return data
+
+    def guarded(what: str, call) -> None:
+        signal.alarm(30)  # a hang or a runaway loop fails the property, it does not stall the test
+        try:
+            call()
+            seen[f"{what}: ok"] += 1
+        except StacchipError as exc:
+            seen[f"{what}: {type(exc).__name__}"] += 1
+        finally:
+            signal.alarm(0)
+
+    def on_alarm(signum, frame):
+        raise TimeoutError("a call took more than 30 s")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    counter = iter(range(10**9))
+
+    @settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(st.lists(mutation, min_size=1, max_size=3))
+    def check(changes) -> None:
+        data = mutate(changes)
+        run = folder / f"run{next(counter)}"
+        run.mkdir()
+        storage = Storage(run / "base")
+
+        def index() -> None:
+            index_item(item_from_dict(data), storage, ChipSettings(chip_max_nodata=1.0), href_policy=policy)
+
+        guarded("index_item", index)
+        item_json = run / "item.json"
+        item_json.write_text(json.dumps(data))  # NaN and Infinity as Python's json writes them
+        row = {"item_href": str(item_json), "chip_size": 256, "chip_stride": 256, "chip_index_x": 1, "chip_index_y": 1,
+               "collection": "sentinel-2-l2a", "item_id": str(data.get("id")), "chipid": "x"}
+        guarded("read_chip", lambda: read_chip(row, href_policy=policy))
+
+    check()
+    return {"seen": dict(seen), "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+PROPERTY_CHILD = """
+import json, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))  # a safety net for the machine; the bound is checked below
+from tests.test_untrusted_metadata import property_run
+print(json.dumps(property_run(Path(sys.argv[1]), int(sys.argv[2]))))
+"""
+
+
+def test_generated_malformed_items_raise_only_stacchip_errors_in_bounded_memory(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", PROPERTY_CHILD, str(tmp_path / "prop"), "150"], capture_output=True,
+                         text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    seen = report["seen"]
+    print(f"\n[property] peak RSS {report['peak'] / 2**20:.0f} MiB; outcomes {json.dumps(seen, sort_keys=True)}")
+    assert report["peak"] < 2 * 2**30
+    assert sum(n for k, n in seen.items() if k.startswith("index_item")) >= 150
+    # the generator reaches the checks this issue added (not only the id check at the door)
+    reached = {k.split(": ")[1] for k in seen}
+    assert {"InvalidItemError", "InvalidIdentifierError", "ResourceLimitError"} <= reached, seen
