@@ -316,14 +316,23 @@ def check_asset_matches_metadata(
     truth, so a disagreement of more than a thousandth of a pixel is reported, not used. Fields
     the asset inherits from the item are checked only with `include_item_level` (for the asset
     the chip grid comes from): catalogs often put the finest grid at item level while coarser
-    assets carry no fields of their own, and those are read correctly from their own grid.
+    assets carry no fields of their own (or only some: a 20 m asset with its own proj:transform
+    under an item-level 10 m proj:shape), and those are read correctly from their own grid.
     """
     fields = item.assets[asset_key].extra_fields
-    has_own = "proj:transform" in fields or "proj:shape" in fields
-    if not (has_own or include_item_level):
+    own_transform = fields.get("proj:transform") is not None or include_item_level
+    own_shape = fields.get("proj:shape") is not None or include_item_level
+    if not (own_transform or own_shape):
         return
     declared = asset_grid(item, asset_key)
     if declared is None:
+        return
+    if own_shape and tuple(declared.shape) != tuple(shape):
+        raise AssetGridError(
+            f"proj:shape {list(declared.shape)} in the STAC metadata disagrees with the file's size {list(shape)}",
+            item_id=item.id, asset_key=asset_key,
+        )
+    if not own_transform:
         return
     a, b = declared.transform, transform
     pixel = max(abs(b.a), abs(b.e), 1e-12)
@@ -333,10 +342,5 @@ def check_asset_matches_metadata(
         raise AssetGridError(
             f"proj:transform {list(a)[:6]} in the STAC metadata disagrees with the file's geotransform "
             f"{list(b)[:6]}; fix the item (the file is used as the truth for pixels)",
-            item_id=item.id, asset_key=asset_key,
-        )
-    if tuple(declared.shape) != tuple(shape):
-        raise AssetGridError(
-            f"proj:shape {list(declared.shape)} in the STAC metadata disagrees with the file's size {list(shape)}",
             item_id=item.id, asset_key=asset_key,
         )

@@ -138,6 +138,25 @@ def test_an_asset_with_its_own_transform_inherits_the_item_shape(tmp_path):
     assert result.chips_kept == 6
 
 
+def test_a_coarser_mask_with_its_own_transform_under_an_item_level_shape_is_read_on_its_own_grid(tmp_path):
+    """The 20 m SCL carries its proj:transform, the item the 10 m proj:shape: the mask is checked on its
+    own field (the transform) and read on the file's grid; the 10 m band stays the grid."""
+    scl = np.full((256, 256), 4, np.uint8)
+    scl[:128, :] = 9  # chip row 0 cloudy
+    item = _s2_item(tmp_path, scl)
+    for key in ("b04", "scl"):
+        del item.assets[key].extra_fields["proj:shape"]
+    item.properties["proj:shape"] = [512, 512]
+    indexer = Indexer(item)
+    assert indexer.grid_asset_key == "b04" and indexer.size == 4
+    got = {(r["chip_index_x"], r["chip_index_y"]): r["cloud_cover_percentage"] for r in indexer.create_index().to_pylist()}
+    assert got == {(0, 0): 1.0, (1, 0): 1.0, (0, 1): 0.0, (1, 1): 0.0}
+    # a transform the file contradicts is still caught
+    item.assets["scl"].extra_fields["proj:transform"] = list(utm(20.0, x0=X0 + 100))[:6]
+    with pytest.raises(AssetGridError, match="asset 'scl': proj:transform .* disagrees with the file's geotransform"):
+        Indexer(item).create_index()
+
+
 # -- failure 4: resource limits ---------------------------------------------------------------------
 
 def test_a_huge_proj_shape_is_refused_before_allocating(tmp_path):
