@@ -32,8 +32,7 @@ from .grid import ChipGrid
 from .hrefs import HrefPolicy
 from .limits import ReadLimits
 from .rio import open_asset, read_band, read_window
-from .stac import (asset_href, check_asset_matches_metadata, chip_grid_source, item_crs, item_datetime,
-                   raster_asset_keys, same_crs)
+from .stac import asset_href, check_asset_matches_metadata, chip_grid_source, item_crs, item_datetime, raster_asset_keys, same_crs
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +83,9 @@ class ChipIndexer:
             pad_edges=pad_edges,
         )
         if self.size > self.limits.max_chips_per_item:  # from the metadata, before any array is allocated
-            raise ResourceLimitError(
-                f"the {source.shape[0]}x{source.shape[1]} px grid gives {self.x_size}x{self.y_size} = {self.size} chips "
-                f"of {self.chip_size} px, more than {self.limits.max_chips_per_item}",
-                limit=ReadLimits.env_name("max_chips_per_item"), item_id=item.id, asset_key=source.asset_key)
+            raise ResourceLimitError(f"the {source.shape[0]}x{source.shape[1]} px grid gives {self.x_size}x{self.y_size} = "
+                                     f"{self.size} chips of {self.chip_size} px, more than {self.limits.max_chips_per_item}",
+                                     limit=ReadLimits.env_name("max_chips_per_item"), item_id=item.id, asset_key=source.asset_key)
         if max(self.x_size, self.y_size) > 65535:
             raise ResourceLimitError(f"grid of {self.x_size}x{self.y_size} chips exceeds uint16 indices",
                                      limit="65535 chips per row or column", item_id=item.id)
