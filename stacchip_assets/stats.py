@@ -70,6 +70,8 @@ def in_domain(values: np.ndarray, domain: tuple[int, int], seen: OutOfDomain | N
 
 def _narrow(values: np.ndarray, domain: tuple[int, int], dtype: type, fill: int, seen: OutOfDomain | None) -> np.ndarray:
     """`values` as `dtype`, with values outside `domain` replaced by `fill` (a nodata value) first."""
+    if values.dtype.kind == "u" and np.iinfo(values.dtype).max <= domain[1]:
+        return values.astype(dtype, copy=False)  # the type cannot hold an invalid value: no pass over the data
     ok = in_domain(values, domain, seen)
     if ok.all():
         return values.astype(dtype, copy=False)
