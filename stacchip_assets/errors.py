@@ -13,8 +13,8 @@ import re
 
 #: GDAL / HTTP messages of failures that may pass on a retry (timeouts, 5xx, 429, dropped connections).
 _TRANSIENT_READ = re.compile(
-    r"timed? ?out|HTTP response code: (5\d\d|429)|Connection (reset|refused|closed)|curl error|Too Many Requests|"
-    r"Couldn't connect|Could not resolve",
+    r"timed? ?out|HTTP response code: (5\d\d|429)|Connection|curl error|Too Many Requests|"
+    r"Couldn't connect|Failed to connect|Could not resolve",
     re.IGNORECASE,
 )
 #: ... unless the server refused the credentials or the name: those stay wrong.
