@@ -16,6 +16,8 @@ import pyproj
 import shapely
 from affine import Affine
 
+from .errors import StacchipError, UnsupportedCRSError
+
 WGS84 = pyproj.CRS.from_user_input("OGC:CRS84")  # lon/lat axis order, as GeoParquet expects
 
 
@@ -36,9 +38,9 @@ class ChipGrid:
 
     def __post_init__(self) -> None:
         if self.chip_size <= 0:
-            raise ValueError(f"chip_size must be positive, got {self.chip_size}")
+            raise StacchipError(f"chip_size must be positive, got {self.chip_size}")
         if self.stride is not None and self.stride <= 0:
-            raise ValueError(f"stride must be positive, got {self.stride}")
+            raise StacchipError(f"stride must be positive, got {self.stride}")
 
     @property
     def step(self) -> int:
@@ -96,7 +98,7 @@ class ChipGrid:
         lat = np.asarray(lat, dtype=np.float64).reshape(cy.shape)
         if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
             bad = int((~(np.isfinite(lon).all(axis=1) & np.isfinite(lat).all(axis=1))).sum())
-            raise ValueError(f"{bad} chip corners cannot be projected to WGS84 from {self.crs.name!r}")
+            raise UnsupportedCRSError(f"{bad} chip corners cannot be projected to WGS84 from {self.crs.name!r}")
         lon = unwrap_antimeridian(lon)
         polygons = shapely.polygons(np.stack([lon, lat], axis=-1))
         for pole_lat, on_pole in self.pole_chips(cx, cy):

@@ -18,18 +18,21 @@ import pyproj
 import pystac
 import rasterio
 import rasterio.crs
+import rasterio.io
+import rasterio.windows
 import shapely
 from affine import Affine
 from numpy.typing import ArrayLike
 from shapely.geometry.base import BaseGeometry
 
 from . import stats
-from .errors import AssetGridError, MaskAssetMissingError, StacchipError, UnsupportedCRSError
+from .errors import AssetGridError, MaskAssetMissingError, ResourceLimitError, StacchipError, UnsupportedCRSError
 from .geoparquet import build_index_table, empty_index_table
 from .grid import ChipGrid
 from .hrefs import HrefPolicy
-from .rio import open_asset, read_band
-from .stac import asset_href, check_asset_matches_metadata, chip_grid_source, item_crs, item_datetime, raster_asset_keys
+from .limits import ReadLimits
+from .rio import open_asset, read_band, read_window
+from .stac import asset_href, check_asset_matches_metadata, chip_grid_source, item_crs, item_datetime, raster_asset_keys, same_crs
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,8 @@ class ChipIndexer:
     proj:shape/proj:transform, item fields applying to assets without them); `shape` (rows, cols)
     replaces the shape found in the item. Beyond stacchip: `stride` < chip_size gives overlapping
     chips, `pad_edges` keeps the partial chips at the right and bottom edges, and `href_policy`
-    refuses asset hrefs the item must not make us open (untrusted STAC metadata).
+    refuses asset hrefs the item must not make us open (untrusted STAC metadata). `limits`
+    (default: from the environment) bounds the chips per item and the mask pixels read at once.
     """
 
     def __init__(
@@ -54,9 +58,11 @@ class ChipIndexer:
         stride: int | None = None,
         pad_edges: bool = False,
         href_policy: HrefPolicy | None = None,
+        limits: ReadLimits | None = None,
     ) -> None:
         self.item = item
         self.href_policy = href_policy
+        self.limits = limits if limits is not None else ReadLimits.from_env()
         if href_policy is not None:  # refuse an untrusted item up front, also when no pixel of it is read (NoStats)
             for key in raster_asset_keys(item):
                 asset_href(item, key, policy=href_policy)
@@ -76,8 +82,13 @@ class ChipIndexer:
             stride=stride,
             pad_edges=pad_edges,
         )
-        if self.size > 65535 * 65535 or max(self.x_size, self.y_size) > 65535:
-            raise StacchipError(f"grid of {self.x_size}x{self.y_size} chips exceeds uint16 indices", item_id=item.id)
+        if self.size > self.limits.max_chips_per_item:  # from the metadata, before any array is allocated
+            raise ResourceLimitError(f"the {source.shape[0]}x{source.shape[1]} px grid gives {self.x_size}x{self.y_size} = "
+                                     f"{self.size} chips of {self.chip_size} px, more than {self.limits.max_chips_per_item}",
+                                     limit=ReadLimits.env_name("max_chips_per_item"), item_id=item.id, asset_key=source.asset_key)
+        if max(self.x_size, self.y_size) > 65535:
+            raise ResourceLimitError(f"grid of {self.x_size}x{self.y_size} chips exceeds uint16 indices",
+                                     limit="65535 chips per row or column", item_id=item.id)
         self.setup_projector()
 
     # -- grid properties (stacchip names) ---------------------------------------------------------
@@ -229,12 +240,27 @@ class _MaskStatsIndexer(ChipIndexer):
     def _mask_asset_key(self) -> str | None:
         return None
 
+    @cached_property
+    def out_of_domain(self) -> stats.OutOfDomain:
+        """Mask values seen outside the classification's domain (counted as nodata)."""
+        return stats.OutOfDomain()
+
     def _fractions(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         transform, mask = self._mask_cache
+        seen = self.out_of_domain.count
         try:
-            return stats.mask_fractions(self.grid, transform, mask, self.classify, np.asarray(xs), np.asarray(ys))
+            fractions = stats.mask_fractions(self.grid, transform, mask, self.classify, np.asarray(xs), np.asarray(ys),
+                                             max_block_pixels=self.limits.max_mask_pixels)
+        except ResourceLimitError as exc:
+            raise ResourceLimitError(str(exc).rsplit(" (limit ", 1)[0], limit=exc.limit, item_id=self.item.id,
+                                     asset_key=self._mask_asset_key()) from exc
         except ValueError as exc:
             raise AssetGridError(str(exc), item_id=self.item.id, asset_key=self._mask_asset_key()) from exc
+        ood = self.out_of_domain
+        if ood.count > seen:
+            log.warning("%s: asset %r has %d mask values outside the classification's domain (%s..%s), counted as nodata",
+                        self.item.id, self._mask_asset_key(), ood.count - seen, ood.low, ood.high)
+        return fractions
 
     def get_stats(self, x: int, y: int) -> tuple[float, float]:
         cloud, nodata = self._fractions(np.array([x]), np.array([y]))
@@ -244,6 +270,22 @@ class _MaskStatsIndexer(ChipIndexer):
         if type(self).get_stats is not _MaskStatsIndexer.get_stats:  # a subclass redefined the statistic
             return super().chip_stats(xs, ys)
         return self._fractions(xs, ys)
+
+
+class _WindowedMask:
+    """A mask raster read window by window (see :class:`stacchip_assets.stats.MaskRows`); the open
+    dataset is closed with the indexer."""
+
+    def __init__(self, src: rasterio.io.DatasetReader, item_id: str, asset_key: str) -> None:
+        self.src, self.item_id, self.asset_key = src, item_id, asset_key
+        self.shape = (src.height, src.width)
+
+    def read(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+        window = rasterio.windows.Window(col0, row0, col1 - col0, row1 - row0)
+        return read_window(self.src, window, indexes=1, item_id=self.item_id, asset_key=self.asset_key)
+
+    def __del__(self) -> None:
+        self.src.close()
 
 
 class NoDataMaskChipIndexer(_MaskStatsIndexer):
@@ -289,13 +331,46 @@ class _AssetMaskIndexer(_MaskStatsIndexer):
             item_id=self.item.id,
         )
 
-    def _mask(self) -> tuple[Affine, np.ndarray]:
+    def _mask(self) -> tuple[Affine, np.ndarray | stats.MaskRows]:
         key = self._mask_asset_key()
         href = asset_href(self.item, key, policy=self.href_policy)
         log.info("%s: reading mask asset %r at native resolution", self.item.id, key)
-        with open_asset(href, item_id=self.item.id, asset_key=key, policy=self.href_policy) as src:
+        return self._open_mask(href, key)
+
+    def _open_mask(self, href: str, key: str) -> tuple[Affine, np.ndarray | stats.MaskRows]:
+        """(transform, mask) of a mask asset after checking its grid and CRS against the chip grid.
+
+        Read whole up to `limits.max_mask_pixels`; a larger raster (whatever its file size: a sparse
+        file may declare any size) is read window by window, only under the chips.
+        """
+        src = open_asset(href, item_id=self.item.id, asset_key=key, policy=self.href_policy)
+        self.mask_file_nodata = src.nodata
+        try:
             check_asset_matches_metadata(self.item, key, src.shape, src.transform)
-            return src.transform, read_band(src, 1, item_id=self.item.id, asset_key=key)
+            self._check_mask_crs(key, src)
+            if src.height * src.width <= self.limits.max_mask_pixels:
+                with src:
+                    return src.transform, read_band(src, 1, item_id=self.item.id, asset_key=key)
+        except BaseException:
+            src.close()
+            raise
+        log.info("%s: mask %r of %dx%d px is read by windows", self.item.id, key, src.height, src.width)
+        return src.transform, _WindowedMask(src, self.item.id, key)
+
+    def _check_mask_crs(self, key: str, src: rasterio.io.DatasetReader) -> None:
+        """AssetGridError when the mask's CRS (in the item, or the file's EPSG code) is not the grid's: a
+        mask is never reprojected, so a mask in another CRS would put its pixels under the wrong chips."""
+        found = [("the STAC metadata", item_crs(self.item, key))]
+        if src.crs is not None:  # compared by EPSG code only: custom WKTs (MODIS sinusoidal) differ in wording
+            file_crs = pyproj.CRS.from_user_input(src.crs.to_wkt())
+            codes = file_crs.to_epsg(), self._pyproj_crs.to_epsg()
+            if None not in codes and codes[0] != codes[1]:
+                found.append(("the file", file_crs))
+        for where, crs in found:
+            if not same_crs(crs, self._pyproj_crs):
+                raise AssetGridError(
+                    f"the mask's CRS in {where} ({crs.name}) is not the chip grid's ({self._pyproj_crs.name}); "
+                    "masks are not reprojected: give the mask in the grid's CRS", item_id=self.item.id, asset_key=key)
 
 
 class Sentinel2Indexer(_AssetMaskIndexer):
@@ -306,7 +381,7 @@ class Sentinel2Indexer(_AssetMaskIndexer):
     nodata_value = stats.S2_SCL_NODATA_CLASS
 
     def classify(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return stats.classify_scl(mask)
+        return stats.classify_scl(mask, self.out_of_domain)
 
 
 class LandsatIndexer(_AssetMaskIndexer):
@@ -315,7 +390,7 @@ class LandsatIndexer(_AssetMaskIndexer):
     mask_asset_keys = ("qa_pixel", "QA_PIXEL")
 
     def classify(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return stats.classify_landsat_qa(mask)
+        return stats.classify_landsat_qa(mask, self.out_of_domain)
 
 
 class ModisIndexer(_AssetMaskIndexer):
@@ -324,7 +399,7 @@ class ModisIndexer(_AssetMaskIndexer):
     mask_asset_keys = ("sur_refl_qc_500m",)
 
     def classify(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return stats.classify_modis_qc(mask)
+        return stats.classify_modis_qc(mask, self.out_of_domain)
 
 
 class NodataValueIndexer(_AssetMaskIndexer):
@@ -360,14 +435,12 @@ class NodataValueIndexer(_AssetMaskIndexer):
             )
         return key
 
-    def _mask(self) -> tuple[Affine, np.ndarray]:
+    def _mask(self) -> tuple[Affine, np.ndarray | stats.MaskRows]:
         key = self._mask_asset_key()
-        with open_asset(asset_href(self.item, key, policy=self.href_policy), item_id=self.item.id, asset_key=key,
-                        policy=self.href_policy) as src:
-            check_asset_matches_metadata(self.item, key, src.shape, src.transform)
-            if self.nodata_value is None:
-                self.nodata_value = src.nodata
-            return src.transform, read_band(src, 1, item_id=self.item.id, asset_key=key)
+        transform, mask = self._open_mask(asset_href(self.item, key, policy=self.href_policy), key)
+        if self.nodata_value is None:
+            self.nodata_value = self.mask_file_nodata
+        return transform, mask
 
     def classify(self, mask: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         nodata = np.isnan(mask) if mask.dtype.kind == "f" else np.zeros(mask.shape, dtype=bool)

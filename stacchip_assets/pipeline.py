@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -19,10 +20,13 @@ import pyarrow as pa
 import pystac
 import shapely
 
-from .errors import StacchipError
+from .errors import InvalidItemError, StacchipError
 from .hrefs import HrefPolicy, strip_credentials
 from .indexer import INDEXERS, ChipIndexer, Indexer, indexer_class_for
+from .limits import ReadLimits
+from .paths import validate_id
 from .quicklook import DEFAULT_SIZE, render_quicklook
+from .stac import item_bbox
 from .stac_source import item_updated
 from .storage import Storage
 
@@ -149,11 +153,51 @@ def explain_empty(indexer: ChipIndexer, total: int, kept: int) -> str | None:
 
 
 def _footprint(item: pystac.Item):
+    """The item's footprint: its geometry, else its bbox (InvalidItemError when malformed)."""
+    bbox = item_bbox(item)
     if item.geometry:
-        return shapely.geometry.shape(item.geometry)
-    if item.bbox:
-        return shapely.box(*item.bbox[:2], *item.bbox[-2:]) if len(item.bbox) == 4 else shapely.box(item.bbox[0], item.bbox[1], item.bbox[3], item.bbox[4])
-    return None
+        try:
+            shape = shapely.geometry.shape(item.geometry)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, shapely.errors.ShapelyError) as exc:
+            raise InvalidItemError(f"geometry is not valid GeoJSON: {type(exc).__name__}: {str(exc)[:160]}",
+                                   item_id=item.id) from exc
+        xy = shapely.get_coordinates(shape)
+        if not (np.isfinite(xy).all() and (np.abs(xy[:, 0]) <= 360).all() and (np.abs(xy[:, 1]) <= 90).all()):
+            raise InvalidItemError("geometry has coordinates that are not lon/lat degrees (NaN, infinite, beyond +-90)",
+                                   item_id=item.id)
+        return shape
+    return shapely.box(*bbox) if bbox is not None else None
+
+
+#: Chips drawn in a quicklook at most: beyond, every k-th chip row and column (a PNG of 800 px cannot
+#: show more, and drawing is per polygon).
+QUICKLOOK_MAX_CHIPS = 10_000
+
+
+def _quicklook(item: pystac.Item, indexer: ChipIndexer, table: pa.Table, size: tuple[int, int]) -> bytes:
+    """The quicklook PNG: every grid chip (thinned past QUICKLOOK_MAX_CHIPS), kept ones coloured by
+    cloud, dropped ones grey."""
+    total, kept = indexer.size, table.num_rows
+    step = max(1, math.ceil(math.sqrt(total / QUICKLOOK_MAX_CHIPS)))
+    xs, ys = indexer.grid.positions()
+    kept_x = table.column("chip_index_x").to_numpy().astype(np.int64) if kept else np.empty(0, np.int64)
+    kept_y = table.column("chip_index_y").to_numpy().astype(np.int64) if kept else np.empty(0, np.int64)
+    cloud = table.column("cloud_cover_percentage").to_numpy() if kept else np.empty(0)
+    is_kept = np.zeros(total, dtype=bool)
+    if kept:
+        is_kept[kept_y * max(indexer.x_size, 1) + kept_x] = True
+    drawn = (xs % step == 0) & (ys % step == 0)
+    drawn_kept = (kept_x % step == 0) & (kept_y % step == 0)
+    if step > 1:
+        log.info("%s: quicklook of %d chips draws every %d-th chip row and column", item.id, total, step)
+    dropped = drawn & ~is_kept
+    return render_quicklook(
+        indexer.grid.footprints(kept_x[drawn_kept], kept_y[drawn_kept]) if kept else np.empty(0, dtype=object),
+        cloud[drawn_kept],
+        indexer.grid.footprints(xs[dropped], ys[dropped]) if dropped.any() else None,
+        _footprint(item),
+        size=size,
+    )
 
 
 def check_index(table: pa.Table, item: pystac.Item, settings: ChipSettings, explanation: str | None,
@@ -221,15 +265,34 @@ def index_item(
     collection: str | None = None,
     quicklook_size: tuple[int, int] = DEFAULT_SIZE,
     href_policy: HrefPolicy | None = None,
+    limits: ReadLimits | None = None,
 ) -> ItemIndexResult:
     """Index one item and store item JSON, index and quicklook under `storage`.
 
     All pixel reads happen before the first write: a failure leaves the stored files untouched.
-    `href_policy` refuses asset hrefs the (untrusted) item must not make us open.
+    `href_policy` refuses asset hrefs the (untrusted) item must not make us open; `limits` bounds
+    what its metadata may make us allocate. Malformed metadata raises a StacchipError subclass
+    (InvalidItemError at the least), never a bare ValueError/TypeError.
     """
+    if not isinstance(item.id, str):
+        raise InvalidItemError(f"the item id {str(item.id)[:60]!r} is not a string")
+    validate_id(item.id, "item")
     collection = collection or item.collection_id
     if not collection:
         raise StacchipError("the item has no collection id", item_id=item.id)
+    validate_id(collection, "collection")
+    try:
+        return _index_item(item, storage, settings, collection, quicklook_size, href_policy, limits)
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError, ZeroDivisionError, AttributeError,
+            shapely.errors.ShapelyError) as exc:
+        # A field no check above foresaw: still the item's fault, reported as such (not retried).
+        raise InvalidItemError(f"malformed metadata: {type(exc).__name__}: {str(exc)[:200]}", item_id=item.id) from exc
+
+
+def _index_item(item: pystac.Item, storage: Storage, settings: ChipSettings, collection: str,
+                quicklook_size: tuple[int, int], href_policy: HrefPolicy | None,
+                limits: ReadLimits | None) -> ItemIndexResult:
+    """The work of :func:`index_item`: read and compute everything, then write."""
     source_href = item.get_self_href()
     if source_href:  # recorded in metadata: never with a signed URL's token
         source_href = strip_credentials(source_href)
@@ -237,7 +300,7 @@ def index_item(
     stored = prune_assets(item, settings.assets, settings.indexer)
     indexer = Indexer(
         stored, chip_size=settings.chip_size, chip_max_nodata=settings.chip_max_nodata, kind=settings.indexer,
-        stride=settings.stride, pad_edges=settings.pad_edges, href_policy=href_policy,
+        stride=settings.stride, pad_edges=settings.pad_edges, href_policy=href_policy, limits=limits,
     )
     item_uri = storage.uri(storage.item_key(collection, item.id))
     table = indexer.create_index(item_href=item_uri)
@@ -248,21 +311,7 @@ def index_item(
     kept = table.num_rows
     explanation = explain_empty(indexer, total, kept)
 
-    # quicklook: every grid chip, kept ones coloured by cloud, dropped ones grey
-    xs, ys = indexer.grid.positions()
-    all_fp = indexer.grid.footprints(xs, ys) if total else np.empty(0, dtype=object)
-    kept_x = table.column("chip_index_x").to_numpy().astype(np.int64) if kept else np.empty(0, np.int64)
-    kept_y = table.column("chip_index_y").to_numpy().astype(np.int64) if kept else np.empty(0, np.int64)
-    is_kept = np.zeros(total, dtype=bool)
-    if kept:
-        is_kept[kept_y * max(indexer.x_size, 1) + kept_x] = True
-    png = render_quicklook(
-        indexer.grid.footprints(kept_x, kept_y) if kept else np.empty(0, dtype=object),
-        table.column("cloud_cover_percentage").to_numpy() if kept else np.empty(0),
-        all_fp[~is_kept] if total else None,
-        _footprint(item),
-        size=quicklook_size,
-    )
+    png = _quicklook(item, indexer, table, quicklook_size)
     checks = check_index(table, item, settings, explanation)
 
     # writes, each atomic; the index last but one so a reader never sees an index without its item

@@ -104,7 +104,8 @@ def parse_time(value: Any) -> dt.datetime:
 
 
 def canonical(when: dt.datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # %Y is not zero-padded below year 1000 on glibc ("99-01-01..."): the text must sort as the time does
+    return f"{when.year:04d}-" + when.strftime("%m-%dT%H:%M:%S.%fZ")
 
 
 def item_time(properties: Mapping[str, Any], prop: str = "updated", now: dt.datetime | None = None) -> str:

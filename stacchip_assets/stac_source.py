@@ -44,9 +44,10 @@ from urllib.parse import quote
 
 import pystac
 
-from .errors import StacSourceError
+from .errors import InvalidItemError, StacSourceError
 from .paths import validate_id
 from .source_guards import (
+    canonical,
     PageGuard,
     SourceReport,
     checked_item,
@@ -89,17 +90,17 @@ def canonical_time(value: str | dt.datetime) -> str:
     when = pystac.utils.str_to_datetime(value) if isinstance(value, str) else value
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
-    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return canonical(when.astimezone(dt.timezone.utc))
 
 
 def item_updated(item: pystac.Item, prop: str = "updated") -> str:
     """The item's last-modified time: its ``updated`` property, else ``created``, else its datetime
     (never a file mtime: see :func:`.source_guards.item_time`). A present but malformed time raises
-    StacSourceError naming the item."""
+    InvalidItemError naming the item (the item stays malformed: not worth a retry)."""
     try:
         return item_time(item.properties, prop)
     except ValueError as exc:
-        raise StacSourceError(f"malformed metadata: {exc}", item_id=str(item.id)) from exc
+        raise InvalidItemError(f"malformed metadata: {exc}", item_id=str(item.id)) from exc
 
 
 # --------------------------------------------------------------------------------------------------

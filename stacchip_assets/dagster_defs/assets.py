@@ -55,7 +55,7 @@ from dagster import (
 
 from .. import compaction
 from ..combine import CombinedIndex, CombineReport
-from ..errors import AssetReadError, StacchipError, StacSourceError, StorageError
+from ..errors import StacchipError
 from ..geoparquet import INDEX_SCHEMA
 from ..paths import validate_id
 from ..pipeline import ItemIndexResult, index_item, prune_assets
@@ -152,18 +152,18 @@ def _path_or_url(value: str | None) -> MetadataValue:
     return MetadataValue.url(value) if re.match(r"^https?://", value) else MetadataValue.path(value)
 
 
-def _failure(exc: StacchipError, what: str) -> Failure:
-    """A Dagster Failure; retried (RetryPolicy) only when the cause may be transient."""
+def _failure(exc: BaseException, what: str) -> Failure:
+    """A Dagster Failure; retried (RetryPolicy) only when the error says it may be transient.
+
+    The decision is the error's type (`StacchipError.transient`), never its message: bad metadata,
+    a 404, refused credentials stay what they are. Outside the StacchipError family only network
+    and OS errors (ConnectionError, TimeoutError, OSError) are retried; anything else is a bug or
+    an unforeseen input, which a retry would only repeat.
+    """
     text = str(exc)
-    transient = isinstance(exc, (StacSourceError, StorageError)) or (
-        isinstance(exc, AssetReadError)
-        and re.search(r"timed? ?out|HTTP response code: (5\d\d|429)|Connection|curl error|Too Many Requests", text, re.I)
-        is not None
-    )
-    if re.search(r"refused the credentials|access refused", text):
-        transient = False  # wrong credentials stay wrong: fail at once, do not retry
-    return Failure(description=f"{what}: {type(exc).__name__}: {text}", metadata={"error": text},
-                   allow_retries=transient)
+    transient = bool(exc.transient) if isinstance(exc, StacchipError) else isinstance(exc, OSError)
+    return Failure(description=f"{what}: {type(exc).__name__}: {text}",
+                   metadata={"error": text, "transient": transient}, allow_retries=transient)
 
 
 #: Partitions per run of a chip_index backfill (``BackfillPolicy.multi_run``); each run indexes its
@@ -326,7 +326,7 @@ def build_assets(collections: list[CollectionConfig]):
             collection, item_id = split_item_partition_key(context.partition_key)
             try:
                 result = partition_indexer(context, stac_source, storage, chip_settings)(context.partition_key)
-            except StacchipError as exc:
+            except Exception as exc:  # noqa: BLE001 (any error: retried only if it says it is transient)
                 raise _failure(exc, f"indexing {collection}/{item_id}") from exc
             context.log.info("%s: %d chips kept, %d dropped", context.partition_key, result.chips_kept, result.chips_dropped)
             yield MaterializeResult(
@@ -468,11 +468,8 @@ def index_batch(context: AssetExecutionContext, keys: list[str], index_one, sour
         collection, item_id = split_item_partition_key(key)
         try:
             result = index_one(key)
-        except StacchipError as exc:
-            failures[key] = _failure(exc, f"indexing {collection}/{item_id}")
         except Exception as exc:  # noqa: BLE001 (one broken item must not stop the other 99; reported below)
-            failures[key] = Failure(description=f"indexing {collection}/{item_id}: {type(exc).__name__}: {exc}",
-                                    allow_retries=False)
+            failures[key] = _failure(exc, f"indexing {collection}/{item_id}")
         if key in failures:
             context.log.error("%s failed: %s", key, failures[key].description)
             continue
