@@ -174,7 +174,7 @@ def test_dg_lists_the_component(dg_project):
         "the package metadata lacks the dagster_dg_cli.registry_modules entry point: reinstall, pip install -e ."
     )
     listed = json.loads(_run(["dg", "list", "components", "--json"], dg_project["project"], dg_project["env"]).stdout)
-    mine = [c for c in listed if c["key"] == COMPONENT_TYPE]
+    mine = [c for c in listed["items"] if c["key"] == COMPONENT_TYPE]
     assert mine and "STAC" in mine[0]["summary"]
 
 
@@ -198,7 +198,7 @@ def test_dg_launch_materializes_a_partition(dg_project):
     library's index of the same item with the component's chip settings (128 px)."""
     project, env, storage = dg_project["project"], dg_project["env"], dg_project["storage"]
     key = item_partition_key("sentinel-2-l2a", S2_ITEM)
-    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(dg_project["home"]))) as instance:
+    with dg.DagsterInstance.from_config(str(dg_project["home"])) as instance:
         instance.add_dynamic_partitions(ITEM_PARTITIONS_NAME, [key])  # what the sensor does for a new item
     _run(["dg", "launch", "--assets", "chip_index", "--partition", key], project, env)
 
@@ -212,7 +212,7 @@ def test_dg_launch_materializes_a_partition(dg_project):
     for column in ("cloud_cover_percentage", "nodata_percentage"):
         np.testing.assert_array_equal(table.column(column).to_numpy(), expected.column(column).to_numpy())
     assert set(table.column("chip_size").to_pylist()) == {128}
-    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(dg_project["home"]))) as instance:
+    with dg.DagsterInstance.from_config(str(dg_project["home"])) as instance:
         assert key in instance.get_materialized_partitions(dg.AssetKey("chip_index"))
 
 
