@@ -278,3 +278,13 @@ def test_dg_in_this_repository(tmp_path, sample_catalog):
         if name.startswith(".tmp_dagster_home_"):
             shutil.rmtree(ROOT / name, ignore_errors=True)
     assert not left, f"dg dev left {left} in the checkout"
+
+
+def test_component_schema_refuses_unknown_attributes():
+    """A misspelt attribute fails validation of the defs.yaml (Dagster's `Model`: extra fields forbidden)."""
+    with pytest.raises(Exception) as info:
+        StacChipsComponent.from_attributes_dict(attributes={"collections": [{"preset": "naip", "chips": {"chip_sise": 1}}]})
+    assert "chip_sise" in str(info.value)
+    with pytest.raises(Exception) as info:
+        StacChipsComponent.from_attributes_dict(attributes={"storage": {"bucket": "b"}})
+    assert "bucket" in str(info.value)
