@@ -256,9 +256,10 @@ def test_dg_dev_serves_the_component(dg_project, tmp_path):
 
 @pytest.mark.e2e
 def test_dg_in_this_repository(tmp_path, sample_catalog):
-    """[tool.dg] of pyproject.toml: `dg check defs` and `dg dev` in the repository root load the same code
-    location as workspace.yaml; `dg dev` as documented (DAGSTER_HOME unset: the repository's dagster.yaml
-    configures a temporary instance) prints no "dagster.yaml will not be used" warning."""
+    """[tool.dg] of pyproject.toml: `dg check defs`, `dg list defs`, `dg launch` and `dg dev` in the
+    repository root load the same code location as workspace.yaml; `dg dev` as documented (DAGSTER_HOME
+    unset: the repository's dagster.yaml configures a temporary instance) prints no "dagster.yaml will
+    not be used" warning."""
     if shutil.which("dg") is None:
         pytest.skip("dg is not installed: pip install -e '.[test]'")
     env = _dg_env(tmp_path)
@@ -267,6 +268,15 @@ def test_dg_in_this_repository(tmp_path, sample_catalog):
                STACCHIP_STORAGE_BASE=str(tmp_path / "storage"))  # nothing written into the checkout
     checked = _run(["dg", "check", "defs"], ROOT, env)
     assert "All definitions loaded successfully" in checked.stdout + checked.stderr
+    listed = json.loads(_run(["dg", "list", "defs", "--json"], ROOT, env).stdout)
+    assert {"stac_items", "chip_index", "combined_index"} <= {a["asset_key"] for a in listed["assets"]}
+    home = tmp_path / "home"  # `dg launch` with a Dagster home, as documented (no dev server: no warning)
+    home.mkdir()
+    shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
+    launched = _run(["dg", "launch", "--assets", "stac_items", "--partition", "naip"], ROOT, dict(env, DAGSTER_HOME=str(home)))
+    assert "will not be used" not in launched.stdout + launched.stderr
+    item_set = json.loads((tmp_path / "storage" / "item_sets" / "naip.json").read_text())
+    assert [i["id"] for i in item_set["items"]] == ["me_m_4406901_ne_19_060_20211006"]
     before = {p.name for p in ROOT.iterdir()}
     log = tmp_path / "dg-dev.log"
     keys = _dev(ROOT, env, log, "stacchip_assets")
