@@ -22,6 +22,7 @@ from dagster.components import Component, ComponentLoadContext, Model, Resolvabl
 from pydantic import Field, create_model
 
 from ..errors import StacchipError
+from . import build_definitions
 from .presets import CollectionConfig, builtin_presets, load_collections, resolve_entry
 from .resources import RESOURCE_CLASSES, resource_env_values
 
@@ -95,10 +96,7 @@ class StacChipsComponent(Component, Resolvable, Model):
                 raise StacchipError("`presets` given without `collections`: name the collections to index")
             return load_collections()  # STACCHIP_COLLECTIONS(_FILE), else the sample catalog's
         presets = {**builtin_presets(), **self.presets}
-        configs = [
-            resolve_entry(entry.model_dump(exclude_unset=True), presets)
-            for entry in self.collections
-        ]
+        configs = [resolve_entry(entry.model_dump(exclude_unset=True), presets) for entry in self.collections]
         ids = [config.collection for config in configs]
         twice = sorted({c for c in ids if ids.count(c) > 1})
         if twice:
@@ -119,7 +117,6 @@ class StacChipsComponent(Component, Resolvable, Model):
         return out
 
     def build_defs(self, context: ComponentLoadContext) -> Definitions:
-        from . import build_definitions
-
+        """`build_definitions` of the configured collections and resources (the same graph as `defs`)."""
         return build_definitions(self.collection_configs(), self.resources(Path(context.path)))
 
