@@ -216,14 +216,14 @@ def test_dg_launch_materializes_a_partition(dg_project):
         assert key in instance.get_materialized_partitions(dg.AssetKey("chip_index"))
 
 
-def _dev(cwd: Path, env: dict[str, str], log: Path, location: str) -> list[str]:
+def _dev(cwd: Path, env: dict[str, str], log: Path, location: str, *args: str) -> list[str]:
     """`dg dev` until the code location is loaded; its asset keys. Stopped with Ctrl-C (SIGINT), as a
     user would, so that it removes its temporary home."""
     import requests
 
     port = free_port()
     with open(log, "wb") as out:
-        process = subprocess.Popen(["dg", "dev", "--port", str(port), "--host", "127.0.0.1"], cwd=cwd, env=env,
+        process = subprocess.Popen(["dg", "dev", "--port", str(port), "--host", "127.0.0.1", *args], cwd=cwd, env=env,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/server_info", timeout=180, process=process)
@@ -251,7 +251,8 @@ def test_dg_dev_serves_the_component(dg_project, tmp_path):
     log = tmp_path / "dg-dev.log"
     keys = _dev(dg_project["project"], dg_project["env"], log, "chips")
     assert {"stac_items", "chip_index", "combined_index"} <= set(keys)
-    assert "will not be used" not in log.read_text(errors="replace")
+    text = log.read_text(errors="replace")
+    assert "will not be used" not in text and "Serving dagster-webserver" in text
 
 
 @pytest.mark.e2e
@@ -288,6 +289,13 @@ def test_dg_in_this_repository(tmp_path, sample_catalog):
         if name.startswith(".tmp_dagster_home_"):
             shutil.rmtree(ROOT / name, ignore_errors=True)
     assert not left, f"dg dev left {left} in the checkout"
+    # a persistent instance (the main job's .dagster_home): dg dev started in the home, on workspace.yaml
+    log = tmp_path / "dg-dev-home.log"
+    keys = _dev(home, dict(env, DAGSTER_HOME=str(home)), log, "stacchip_assets", "-w", str(ROOT / "workspace.yaml"))
+    assert {"stac_items", "chip_index", "combined_index"} <= set(keys)
+    text = log.read_text(errors="replace")
+    assert "will not be used" not in text and "Using temporary directory" not in text
+    assert "Serving dagster-webserver" in text  # the log is the server's
 
 
 def test_component_schema_refuses_unknown_attributes():
