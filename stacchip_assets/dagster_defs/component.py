@@ -30,7 +30,7 @@ from .resources import RESOURCE_CLASSES, resource_env_values
 class ChipOverrides(Resolvable, Model):
     """Chip settings of one collection (unset: the preset's; null: the built-in default)."""
 
-    indexer: Optional[str] = Field(default=None, description="indexer kind: sentinel-2, landsat, modis, nodata, nostats")
+    indexer: Optional[str] = Field(default=None, description="indexer: sentinel-2, landsat, modis, nodata, nostats")
     chip_size: Optional[int] = Field(default=None, description="chip size in pixels")
     chip_max_nodata: Optional[float] = Field(default=None, description="drop chips with more nodata than this")
     stride: Optional[int] = Field(default=None, description="pixels between chip origins")
