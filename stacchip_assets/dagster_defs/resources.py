@@ -197,19 +197,20 @@ def _env(name: str, kind: str = "str"):
     return {"str": EnvVar, "int": EnvVar.int}.get(kind, EnvVar)(name) if kind != "float" else float(os.environ[name])
 
 
-def default_resources() -> dict[str, ConfigurableResource]:
-    """Resources with defaults, bound to the environment variables above when they are set."""
+def resource_env_values() -> dict[str, dict]:
+    """Field values of each resource bound to the environment variables above that are set (EnvVar
+    where possible); the `StacChipsComponent` layers its YAML values over these."""
     def given(**values):
         return {k: v for k, v in values.items() if v is not None}
 
     return {
-        "stac_source": StacSourceResource(**given(
+        "stac_source": given(
             api_url=_env("STACCHIP_STAC_API_URL"),
             catalog_path=_env("STACCHIP_STAC_CATALOG"),
             max_items_per_tick=_env("STACCHIP_MAX_ITEMS_PER_TICK", "int"),
             max_retries=_env("STACCHIP_STAC_MAX_RETRIES", "int"),
-        )),
-        "storage": StorageResource(**given(
+        ),
+        "storage": given(
             base=_env("STACCHIP_STORAGE_BASE"),
             s3_endpoint_url=_env("STACCHIP_S3_ENDPOINT_URL"),
             s3_region=_env("STACCHIP_S3_REGION"),
@@ -218,9 +219,20 @@ def default_resources() -> dict[str, ConfigurableResource]:
             s3_session_token=_env("AWS_SESSION_TOKEN"),
             gdal_options=_env("STACCHIP_GDAL_OPTIONS", "json"),
             href_signer=_env("STACCHIP_HREF_SIGNER"),
-        )),
-        "chip_settings": ChipSettingsResource(**given(
+        ),
+        "chip_settings": given(
             chip_size=_env("STACCHIP_CHIP_SIZE", "int"),
             chip_max_nodata=_env("STACCHIP_CHIP_MAX_NODATA", "float"),
-        )),
+        ),
     }
+
+
+#: resource key -> its class (the keys the assets require)
+RESOURCE_CLASSES: dict[str, type[ConfigurableResource]] = {
+    "stac_source": StacSourceResource, "storage": StorageResource, "chip_settings": ChipSettingsResource,
+}
+
+
+def default_resources() -> dict[str, ConfigurableResource]:
+    """Resources with defaults, bound to the environment variables above when they are set."""
+    return {key: RESOURCE_CLASSES[key](**values) for key, values in resource_env_values().items()}
