@@ -278,3 +278,19 @@ def test_a_bad_combined_interval_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("STACCHIP_COMBINED_INTERVAL_SECONDS", "7")
     sensor = next(s for s in build_definitions().sensors if s.name == SENSOR_NAME)
     assert sensor.minimum_interval_seconds == 7
+
+
+def test_a_combined_run_launched_without_the_tag_counts_as_active():
+    """A combined_index materialization launched from the UI (the asset job, no stacchip/role tag) is
+    found through its planned materialization, so the trigger does not queue a second run beside it."""
+    from stacchip_assets.dagster_defs.combined_trigger import active_combined_runs
+    from stacchip_assets.definitions import defs
+
+    with dg.instance_for_test() as instance:
+        job = defs.resolve_implicit_global_asset_job_def()
+        run = instance.create_run_for_job(job_def=job, asset_selection=frozenset({dg.AssetKey("combined_index")}),
+                                          status=DagsterRunStatus.NOT_STARTED)
+        assert "stacchip/role" not in run.tags
+        assert active_combined_runs(instance) == [run.run_id]
+        instance.report_run_failed(run)
+        assert active_combined_runs(instance) == []
