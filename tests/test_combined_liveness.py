@@ -32,7 +32,11 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from stacchip_assets.combine import CombinedIndex
-from stacchip_assets.dagster_defs.combined_trigger import CHECK_KEY, SENSOR_NAME
+from stacchip_assets.dagster_defs.combined_trigger import (
+    CHECK_KEY,
+    SENSOR_NAME,
+    active_combined_runs,
+)
 from stacchip_assets.storage import Storage
 
 from .conftest import PROJECT, require_servers
@@ -147,10 +151,11 @@ class Live:
         return data if isinstance(data, dg.AssetCheckEvaluation) else None
 
     def caught_up(self, instance) -> bool:
-        """Every published item indexed and combined, and the check's latest evaluation passed."""
+        """Every published item indexed and combined, the check's latest evaluation passed, and no combined
+        run left queued or running (a run materializes before its other checks end)."""
         check = self.latest_check(instance)
         return (set(self.materializations(instance)) == self.keys() and self.combined() == self.keys()
-                and check is not None and check.passed)
+                and check is not None and check.passed and not active_combined_runs(instance))
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +288,6 @@ def test_a_bad_combined_interval_is_a_clear_error(monkeypatch):
 def test_a_combined_run_launched_without_the_tag_counts_as_active():
     """A combined_index materialization launched from the UI (the asset job, no stacchip/role tag) is
     found through its planned materialization, so the trigger does not queue a second run beside it."""
-    from stacchip_assets.dagster_defs.combined_trigger import active_combined_runs
     from stacchip_assets.definitions import defs
 
     with dg.instance_for_test() as instance:
