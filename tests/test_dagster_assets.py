@@ -214,28 +214,23 @@ def test_a_failed_run_leaves_the_previous_files_intact(fresh):
     assert Path(storage.path(combined_key(S2, S2_ITEM))).read_bytes() == before[keys[0]]
 
 
-def test_combined_index_follows_new_items_despite_a_failed_one(fresh, monkeypatch):
-    from stacchip_assets.dagster_defs import assets as assets_module
+def test_combined_index_follows_new_items_despite_a_failed_one(fresh):
+    """The combined trigger (combined_trigger.decide) is not blocked by an item that failed: it asks
+    for a combined run as soon as a materialization is beyond the combined cursor, and only then."""
+    from stacchip_assets.dagster_defs.combined_trigger import decide
 
-    monkeypatch.setattr(assets_module, "COMBINED_AUTOMATION_CONDITION", dg.AutomationCondition.eager())
-    plain_eager = build_definitions(resources=fresh.resources)  # for contrast: what the design avoids
-    monkeypatch.undo()
     fresh.add_partitions()
-    start = dg.evaluate_automation_conditions(defs=fresh.defs, instance=fresh.instance)  # the sensor's first tick
-    start_eager = dg.evaluate_automation_conditions(defs=plain_eager, instance=fresh.instance)
+    assert decide(fresh.instance)[0] is None  # nothing indexed yet
     truncate(item_json_path(fresh.catalog, S2, S2_ITEM).parent / "scl.tif")
     for key in ALL_KEYS:
         assert fresh.index(key, raise_on_error=False).success == (key != S2_KEY)
-    first = dg.evaluate_automation_conditions(defs=fresh.defs, instance=fresh.instance, cursor=start.cursor)
-    assert first.get_num_requested(dg.AssetKey("combined_index")) == 1  # not blocked by the failed item
-    blocked = dg.evaluate_automation_conditions(defs=plain_eager, instance=fresh.instance, cursor=start_eager.cursor)
-    assert blocked.get_num_requested(dg.AssetKey("combined_index")) == 0  # plain eager() waits for every item
+    request, _reason, state = decide(fresh.instance)
+    assert request is not None and set(state.items) == set(ALL_KEYS) - {S2_KEY}  # not blocked by the failed item
     assert fresh.combine().success
-    second = dg.evaluate_automation_conditions(defs=fresh.defs, instance=fresh.instance, cursor=first.cursor)
-    assert second.get_num_requested(dg.AssetKey("combined_index")) == 0
+    assert decide(fresh.instance)[0] is None
     assert fresh.index("naip/me_m_4406901_ne_19_060_20211006").success
-    third = dg.evaluate_automation_conditions(defs=fresh.defs, instance=fresh.instance, cursor=second.cursor)
-    assert third.get_num_requested(dg.AssetKey("combined_index")) == 1
+    request, _reason, state = decide(fresh.instance)
+    assert request is not None and state.items == ("naip/me_m_4406901_ne_19_060_20211006",)
     # the failed item is simply absent, and the checks agree
     result = fresh.combine()
     assert result.success and all(e.passed for e in result.get_asset_check_evaluations())

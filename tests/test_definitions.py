@@ -11,7 +11,6 @@ import dagster as dg
 import pytest
 
 from stacchip_assets.dagster_defs import ITEM_PARTITIONS_NAME, item_partition_key, split_item_partition_key
-from stacchip_assets.dagster_defs.assets import COMBINED_AUTOMATION_CONDITION
 from stacchip_assets.dagster_defs.presets import builtin_presets, load_collections
 from stacchip_assets.dagster_defs.resources import ChipSettingsResource, StacSourceResource, StorageResource, default_resources
 from stacchip_assets.errors import InvalidIdentifierError, StacchipError
@@ -45,9 +44,8 @@ def test_assets_and_partitions(defs):
     assert graph.get(dg.AssetKey("combined_index")).parent_keys == {dg.AssetKey("chip_index")}
     for asset in (stac_items, chip_index, combined):
         assert all(asset.code_versions_by_key.values())
-    assert combined.automation_conditions_by_key[dg.AssetKey("combined_index")] is COMBINED_AUTOMATION_CONDITION
-    label = COMBINED_AUTOMATION_CONDITION.get_label()
-    assert label and "tolerant" in label
+    # no automation condition: the combined_index_trigger sensor requests its runs (issue 16)
+    assert combined.automation_conditions_by_key.get(dg.AssetKey("combined_index")) is None
 
 
 def test_checks(defs):
@@ -61,6 +59,7 @@ def test_checks(defs):
         ("combined_index", "every_materialized_item_present"),
         ("combined_index", "row_count_equals_sum"),
         ("combined_index", "combined_geometries_valid"),
+        ("combined_index", "all_indexed_items_combined"),
     }
     # the per-item checks are inline: one step per run
     assert {k.name for k in defs.resolve_assets_def("chip_index").check_keys} == {
@@ -69,9 +68,9 @@ def test_checks(defs):
 
 def test_sensors_and_jobs(defs):
     sensors = {s.name: s for s in defs.sensors}
-    assert set(sensors) == {"stac_item_sensor", "combined_index_automation"}
+    assert set(sensors) == {"stac_item_sensor", "combined_index_trigger"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
-    assert isinstance(sensors["combined_index_automation"], dg.AutomationConditionSensorDefinition)
+    assert sensors["combined_index_trigger"].job_name == "combined_index_job"
     assert {j.name for j in defs.resolve_all_job_defs()} >= {"stac_items_job", "chip_index_job", "combined_index_job", "training_job"}
     for name in ("stac_items_job", "chip_index_job", "combined_index_job"):
         assert defs.resolve_job_def(name).executor_def.name == "in_process"

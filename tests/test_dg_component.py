@@ -189,7 +189,7 @@ def test_dg_check_and_list_defs(dg_project):
     assert assets["combined_index"]["dependency_keys"] == ["chip_index"]
     assert assets["chip_index"]["source"].endswith("defs/stacchips/defs.yaml:1")
     assert {"stac_items_job", "chip_index_job", "combined_index_job"} <= {j["name"] for j in listed["jobs"]}
-    assert {s["name"] for s in listed["sensors"]} == {"stac_item_sensor", "combined_index_automation"}
+    assert {s["name"] for s in listed["sensors"]} == {"stac_item_sensor", "combined_index_trigger"}
 
 
 @pytest.mark.e2e

@@ -22,6 +22,7 @@ from .assets import (
     split_item_partition_key,
 )
 from .checks import combined_index_checks
+from .combined_trigger import all_indexed_items_combined, build_combined_trigger
 from .presets import CollectionConfig, load_collections
 from .query import chip_query_job
 from .resources import ChipSettingsResource, StacSourceResource, StorageResource, default_resources
@@ -84,7 +85,10 @@ def build_definitions(
         executor_def=executor, description="Index one STAC item (one run per item, in process).",
     )
     combined_index_job = define_asset_job(
-        "combined_index_job", selection=AssetSelection.assets(combined_index), executor_def=executor,
+        # the backlog check is the combined trigger's to report (combined_trigger.py): a run that planned it
+        # and then failed would leave its latest execution without a result
+        "combined_index_job", selection=AssetSelection.assets(combined_index) - AssetSelection.checks(all_indexed_items_combined),
+        executor_def=executor,
         tags={**COMBINE_TAG, **max_runtime_tags(COMBINED_INDEX_MAX_RUNTIME_SECONDS)},
         description="Bring the combined index up to date and run its checks.",
     )
@@ -93,15 +97,16 @@ def build_definitions(
         "training_job", selection=AssetSelection.assets(training_set, band_statistics), executor_def=executor,
         description="Write a training set from the combined index, then its band statistics.",
     )
-    stac_item_sensor, combined_index_automation = build_sensors(collections, chip_index_job)
+    stac_item_sensor = build_sensors(collections, chip_index_job)
+    combined_index_trigger = build_combined_trigger(combined_index_job)
     all_resources: dict[str, Any] = default_resources()
     all_resources.setdefault("dask", default_dask_resource())
     all_resources.update(resources or {})
     return Definitions(
         assets=[stac_items, chip_index, combined_index, training_set, band_statistics],
-        asset_checks=combined_index_checks,
+        asset_checks=[*combined_index_checks, all_indexed_items_combined],
         jobs=[stac_items_job, chip_index_job, combined_index_job, training_job, chip_query_job],
-        sensors=[stac_item_sensor, combined_index_automation],
+        sensors=[stac_item_sensor, combined_index_trigger],
         resources=all_resources,
         executor=executor,
     )

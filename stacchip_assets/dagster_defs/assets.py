@@ -33,7 +33,6 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     AssetRecordsFilter,
-    AutomationCondition,
     BackfillPolicy,
     Backoff,
     BetaWarning,
@@ -83,17 +82,8 @@ STAC_ITEMS_CODE_VERSION = "1"
 CHIP_INDEX_CODE_VERSION = "1"
 COMBINED_INDEX_CODE_VERSION = "1"
 
-#: The combined index follows new chip indexes without waiting for every partition: plain eager()
-#: also requires "no dependency missing" and "none in progress", and one failed item (a partition
-#: that stays missing) or a steady stream of item runs would then block it forever. At most one
-#: combined run at a time (~in_progress); each run only copies what changed, so running it while
-#: items are still being indexed is cheap.
-COMBINED_AUTOMATION_CONDITION = (
-    AutomationCondition.eager()
-    .without(~AutomationCondition.any_deps_missing())
-    .without(~AutomationCondition.any_deps_in_progress())
-    .with_label("eager, tolerant of missing or in-progress items")
-)
+#: combined_index has no automation condition: the `combined_index_trigger` sensor (combined_trigger.py)
+#: requests its runs from the cursor each combined materialization records (issue 16).
 
 CHIP_INDEX_CHECKS = (
     ("non_empty_or_explained", "The index has rows, or the metadata says why not (grid smaller than a chip, all chips nodata)."),
@@ -343,7 +333,6 @@ def build_assets(collections: list[CollectionConfig]):
         key=COMBINED_INDEX_KEY,
         deps=[CHIP_INDEX_KEY],
         code_version=COMBINED_INDEX_CODE_VERSION,
-        automation_condition=COMBINED_AUTOMATION_CONDITION,
         pool=COMBINE_POOL,
         group_name="stacchip",
         kinds={"geoparquet"},
@@ -675,7 +664,7 @@ def update_combined_index(context: AssetExecutionContext, config: CombinedIndexC
 
 
 __all__ = [
-    "CHIP_INDEX_KEY", "COMBINED_AUTOMATION_CONDITION", "COMBINED_INDEX_KEY", "CombinedIndexConfig", "ITEM_PARTITIONS_NAME",
+    "CHIP_INDEX_KEY", "COMBINED_INDEX_KEY", "CombinedIndexConfig", "ITEM_PARTITIONS_NAME",
     "STAC_ITEMS_KEY", "build_assets", "changed_items_since", "item_partition_key", "item_partitions",
     "split_item_partition_key",
 ]

@@ -21,8 +21,8 @@ of thousands of items is worked off over successive ticks, each well inside Dags
 Which of a tick's items are new partitions is one bounded query to the instance for the tick's keys
 (not one per item, and not a listing of every partition), and only new keys are requested.
 
-`combined_index_automation` is the declarative-automation sensor of the combined index, declared
-here so it runs by default (Dagster's own automation sensor is stopped by default on OSS).
+The combined index follows through `combined_index_trigger` (combined_trigger.py), a sensor over the
+event log, not an automation condition (issue 16).
 """
 
 
@@ -34,8 +34,6 @@ from typing import Any
 
 from dagster import (
     AddDynamicPartitionsRequest,
-    AssetSelection,
-    AutomationConditionSensorDefinition,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -45,7 +43,7 @@ from dagster import (
 
 from ..errors import StacchipError
 from ..source_guards import FUTURE_TOLERANCE, SourceReport, canonical
-from .assets import COMBINED_INDEX_KEY, ITEM_PARTITIONS_NAME, item_partition_key
+from .assets import ITEM_PARTITIONS_NAME, item_partition_key
 from .presets import CollectionConfig
 from .resources import StacSourceResource
 
@@ -181,13 +179,4 @@ def build_sensors(collections: list[CollectionConfig], chip_index_job):
             return SensorResult(skip_reason=f"no new items ({counts}){problems}", cursor=next_cursor)
         return SensorResult(run_requests=runs, dynamic_partitions_requests=requests, cursor=next_cursor)
 
-    combined_index_automation = AutomationConditionSensorDefinition(
-        "combined_index_automation",
-        target=AssetSelection.assets(COMBINED_INDEX_KEY),
-        default_status=DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
-        run_tags=COMBINE_TAG,
-        description="Evaluates the combined index's automation condition (follows new chip indexes, "
-        "not blocked by a failed item).",
-    )
-    return stac_item_sensor, combined_index_automation
+    return stac_item_sensor
