@@ -412,7 +412,7 @@ def worker_index(args) -> dict:
 
         item = _load_item(args.item, migrate=False)
     else:
-        from stacchip_assets.indexer import Sentinel2Indexer
+        from stacchip_assets.index.chip_indexer import Sentinel2Indexer
 
         item = _load_item(args.item, migrate=True)
     t0 = time.perf_counter()
@@ -573,8 +573,8 @@ def worker_chips(args) -> dict:
                 keep.update({f"{i}_{k}": v for k, v in chip.items()})
         res["seconds"] = time.perf_counter() - t0
     elif mode in ("ours_chips", "ours_chips_batch"):
-        from stacchip_assets.chipper import Chipper
-        from stacchip_assets.indexer import Sentinel2Indexer
+        from stacchip_assets.index.chipper import Chipper
+        from stacchip_assets.index.chip_indexer import Sentinel2Indexer
 
         item = _load_item(args.item, migrate=True)
         indexer = Sentinel2Indexer(item, chip_size=CHIP_SIZE, chip_max_nodata=0.5)
@@ -813,7 +813,7 @@ def _loadavg() -> list[float] | None:
 
 def ours_status() -> tuple[bool, str, list[str]]:
     code = (
-        "import json, stacchip_assets.indexer as i, stacchip_assets.chipper as c;"
+        "import json, stacchip_assets.index.chip_indexer as i, stacchip_assets.index.chipper as c;"
         "print(json.dumps([n for n in dir(c.Chipper) if not n.startswith('_')]))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_ours_env(), cwd=str(REPO_ROOT))

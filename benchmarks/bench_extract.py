@@ -91,8 +91,8 @@ def worker_upstream(args) -> dict:
 def worker_ours(args) -> dict:
     import numpy as np
 
-    from stacchip_assets.chipper import Chipper
-    from stacchip_assets.indexer import Sentinel2Indexer
+    from stacchip_assets.index.chipper import Chipper
+    from stacchip_assets.index.chip_indexer import Sentinel2Indexer
     from stacchip_assets.training import _rows_per_batch, iter_item_chips
 
     if args.mode.endswith("_1cpu"):
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
 
     # The chips every side extracts: those our index keeps (identical to upstream's, bench_core checks it).
     sys.path.insert(0, str(core.REPO_ROOT))
-    from stacchip_assets.indexer import Sentinel2Indexer
+    from stacchip_assets.index.chip_indexer import Sentinel2Indexer
 
     table = Sentinel2Indexer(core._load_item(str(item), migrate=True), chip_size=CHIP_SIZE).create_index()
     xs = [int(v) for v in table.column("chip_index_x").to_pylist()]

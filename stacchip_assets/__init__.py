@@ -3,8 +3,8 @@
 Drop-in for `stacchip`: `from stacchip_assets import Indexer, Chipper`.
 """
 
-from .chipper import Chipper
-from .errors import (
+from stacchip_assets.index.chipper import Chipper
+from stacchip_assets.errors import (
     AssetGridError,
     AssetReadError,
     InvalidIdentifierError,
@@ -15,8 +15,8 @@ from .errors import (
     StorageError,
     UnsupportedCRSError,
 )
-from .geoparquet import read_index, write_index
-from .indexer import (
+from stacchip_assets.io.geoparquet import read_index, write_index
+from stacchip_assets.index.chip_indexer import (
     ChipIndexer,
     Indexer,
     LandsatIndexer,
@@ -40,7 +40,7 @@ __all__ = [
 def __getattr__(name: str):
     """`query_chips` / `query_chips_gdf` load pyarrow.dataset on first use, not at import (0.2 s)."""
     if name in ("query_chips", "query_chips_gdf"):
-        from . import query
+        from stacchip_assets.index import query
 
         return getattr(query, name)
     raise AttributeError(f"module 'stacchip_assets' has no attribute {name!r}")

@@ -21,7 +21,7 @@ from stacchip_assets.dagster_defs import (
     item_partition_key,
 )
 from stacchip_assets.dagster_defs.checks import combined_index_checks
-from stacchip_assets.sample_data import SAMPLE_COLLECTIONS, ensure_sample_catalog
+from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS, ensure_sample_catalog
 
 ALL_KEYS = [item_partition_key(c, i) for c, ids in SAMPLE_COLLECTIONS.items() for i in ids]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}

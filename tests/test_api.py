@@ -14,8 +14,8 @@ import shapely
 
 import stacchip_assets
 from stacchip_assets import Chipper, Indexer, InvalidIdentifierError, StacchipError, StorageError
-from stacchip_assets.chipper import Chipper as ChipperFromModule
-from stacchip_assets.indexer import (
+from stacchip_assets.index.chipper import Chipper as ChipperFromModule
+from stacchip_assets.index.chip_indexer import (
     ChipIndexer,
     LandsatIndexer,
     ModisIndexer,
@@ -23,7 +23,7 @@ from stacchip_assets.indexer import (
     NoStatsChipIndexer,
     Sentinel2Indexer,
 )
-from stacchip_assets.sample_data import SAMPLE_COLLECTIONS, generate_sample_catalog, sample_item_paths
+from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS, generate_sample_catalog, sample_item_paths
 from stacchip_assets.utils import load_indexer_local, load_indexer_s3
 
 

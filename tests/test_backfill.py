@@ -27,11 +27,11 @@ import pyproj
 import pytest
 from affine import Affine
 
-from stacchip_assets.combine import CombinedIndex
+from stacchip_assets.index.combined import CombinedIndex
 from stacchip_assets.dagster_defs import ITEM_PARTITIONS_NAME, StacSourceResource, StorageResource, build_definitions
 from stacchip_assets.dagster_defs.presets import load_collections
 from stacchip_assets.dagster_defs.resources import ChipSettingsResource
-from stacchip_assets.storage import Storage
+from stacchip_assets.io.storage import Storage
 
 from .cogs import write_cog
 from .conftest import PROJECT, require_servers
@@ -166,7 +166,7 @@ def test_a_ranged_run_reports_each_partition_like_a_single_run(small):
                             resources=small["resources"], run_config=QUIET)
     reference = single.get_asset_materialization_events()[0].materialization
     storage = Storage(small["base"])
-    from stacchip_assets.pipeline import table_hash
+    from stacchip_assets.index.item_index import table_hash
 
     for key, mat in mats.items():
         item_id = key.split("/", 1)[1]

@@ -9,7 +9,7 @@ import pytest
 from affine import Affine
 
 from stacchip_assets import AssetReadError, Chipper, InvalidIdentifierError, NoProjectionInfoError, NoStatsChipIndexer
-from stacchip_assets.paths import validate_id
+from stacchip_assets.core.ids import validate_id
 
 from .cogs import make_item, write_cog
 

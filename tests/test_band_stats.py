@@ -8,7 +8,7 @@ import pystac
 import pytest
 
 from stacchip_assets import Chipper, Indexer
-from stacchip_assets.band_stats import (
+from stacchip_assets.training.band_stats import (
     PERCENTILES,
     ChannelAccumulator,
     band_statistics,

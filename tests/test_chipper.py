@@ -239,7 +239,7 @@ def _chip_in_child(results, x, y):
 def test_an_http_timeout_is_an_asset_read_error(scene):
     from pathlib import Path
 
-    from stacchip_assets.rio import AssetAccess, gdal_env
+    from stacchip_assets.io.raster import AssetAccess, gdal_env
 
     from .http_server import serve_directory
 

@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from stacchip_assets.combine import CombinedIndex, combined_key, read_combined
+from stacchip_assets.index.combined import CombinedIndex, combined_key, read_combined
 from stacchip_assets.errors import InvalidIdentifierError
-from stacchip_assets.pipeline import ChipSettings, index_item
-from stacchip_assets.reader import read_chip, read_chip_by_id
-from stacchip_assets.stac_source import StaticCatalogSource
-from stacchip_assets.storage import Storage
+from stacchip_assets.index.item_index import ChipSettings, index_item
+from stacchip_assets.index.reader import read_chip, read_chip_by_id
+from stacchip_assets.io.stac_source import StaticCatalogSource
+from stacchip_assets.io.storage import Storage
 
 from .dagster_support import shared_sample
 

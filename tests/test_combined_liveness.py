@@ -31,13 +31,13 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
-from stacchip_assets.combine import CombinedIndex
+from stacchip_assets.index.combined import CombinedIndex
 from stacchip_assets.dagster_defs.combined_trigger import (
     CHECK_KEY,
     SENSOR_NAME,
     active_combined_runs,
 )
-from stacchip_assets.storage import Storage
+from stacchip_assets.io.storage import Storage
 
 from .conftest import PROJECT, require_servers
 from .test_backfill import COLLECTION, item_grid, write_catalog

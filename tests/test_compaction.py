@@ -17,8 +17,8 @@ import pytest
 import shapely
 
 from stacchip_assets import compaction
-from stacchip_assets.combine import CombinedIndex, combined_key
-from stacchip_assets.compaction import (
+from stacchip_assets.index.combined import CombinedIndex, combined_key
+from stacchip_assets.index.compaction import (
     MANIFEST_KEY,
     CompactionSettings,
     compact,
@@ -28,9 +28,9 @@ from stacchip_assets.compaction import (
     spatial_key,
 )
 from stacchip_assets.errors import StorageError
-from stacchip_assets.geoparquet import build_index_table
-from stacchip_assets.query import query_chips
-from stacchip_assets.storage import Storage
+from stacchip_assets.io.geoparquet import build_index_table
+from stacchip_assets.index.query import query_chips
+from stacchip_assets.io.storage import Storage
 
 #: tiny runs so that a few hundred chips exercise row groups, tiers, merges and seals
 SMALL = CompactionSettings(row_group_rows=32, base_rows=64, fanout=3, seal_rows=400, read_batch_rows=300, grace_seconds=0)

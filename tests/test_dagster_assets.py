@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 from stacchip_assets import Indexer
-from stacchip_assets.combine import CombinedIndex, combined_key
+from stacchip_assets.index.combined import CombinedIndex, combined_key
 from stacchip_assets.dagster_defs import build_definitions
-from stacchip_assets.pipeline import table_hash
-from stacchip_assets.sample_data import SAMPLE_COLLECTIONS
-from stacchip_assets.storage import Storage
+from stacchip_assets.index.item_index import table_hash
+from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS
+from stacchip_assets.io.storage import Storage
 
 from .dagster_support import ALL_KEYS, Graph, copy_catalog, edit_item, item_json_path, shared_sample
 
@@ -238,8 +238,8 @@ def test_combined_index_follows_new_items_despite_a_failed_one(fresh):
 
 
 def test_combined_index_keeps_the_compacted_tier_up_to_date(fresh):
-    from stacchip_assets.compaction import load_manifest
-    from stacchip_assets.query import query_chips
+    from stacchip_assets.index.compaction import load_manifest
+    from stacchip_assets.index.query import query_chips
 
     def chips(layout: str) -> list[tuple[str, str, int]]:
         table = query_chips(fresh.base, columns=["collection", "chipid", "chip_size"], layout=layout)

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from stacchip_assets.combine import CombinedIndex
-from stacchip_assets.storage import Storage
+from stacchip_assets.index.combined import CombinedIndex
+from stacchip_assets.io.storage import Storage
 
 from .dagster_support import ALL_KEYS, QUIET, Graph, copy_catalog, shared_sample
 

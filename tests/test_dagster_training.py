@@ -6,9 +6,9 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from stacchip_assets.chipper import Chipper
+from stacchip_assets.index.chipper import Chipper
 from stacchip_assets.dagster_defs.training import DaskResource
-from stacchip_assets.indexer import NoStatsChipIndexer
+from stacchip_assets.index.chip_indexer import NoStatsChipIndexer
 from stacchip_assets.training import load_item, load_shard, read_manifest
 
 from .dagster_support import Graph, copy_catalog, shared_sample
@@ -39,7 +39,7 @@ def test_training_set_shards_equal_the_chipper(trained):
     assert manifest and len({r["chipid"] for r in manifest}) == len(manifest)
     metadata = result.asset_materializations_for_node("training_set")[0].metadata
     assert metadata["samples"].value == len(manifest)
-    from stacchip_assets.combine import read_combined
+    from stacchip_assets.index.combined import read_combined
 
     cloud = {r["chipid"]: r["cloud_cover_percentage"] for r in read_combined(str(graph.base)).to_pylist()}
     assert all(cloud[r["chipid"]] <= 0.6 for r in manifest) and r_collections(manifest) == {"sentinel-2-l2a"}

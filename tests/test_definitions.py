@@ -14,7 +14,7 @@ from stacchip_assets.dagster_defs import ITEM_PARTITIONS_NAME, item_partition_ke
 from stacchip_assets.dagster_defs.presets import builtin_presets, load_collections
 from stacchip_assets.dagster_defs.resources import ChipSettingsResource, StacSourceResource, StorageResource, default_resources
 from stacchip_assets.errors import InvalidIdentifierError, StacchipError
-from stacchip_assets.sample_data import SAMPLE_COLLECTIONS
+from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 

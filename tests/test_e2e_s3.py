@@ -21,9 +21,9 @@ from rasterio.windows import Window
 from stacchip_assets import Chipper, Indexer
 from stacchip_assets.dagster_defs import StorageResource
 from stacchip_assets.errors import AssetReadError, StorageError
-from stacchip_assets.reader import read_chip
-from stacchip_assets.rio import AssetAccess, gdal_env, open_asset
-from stacchip_assets.storage import Storage
+from stacchip_assets.index.reader import read_chip
+from stacchip_assets.io.raster import AssetAccess, gdal_env, open_asset
+from stacchip_assets.io.storage import Storage
 
 from .dagster_support import QUIET
 from .servers import collection_json, local_item
@@ -172,7 +172,7 @@ def test_one_resource_sets_every_gdal_option(monkeypatch, s3_server):
 
     from stacchip_assets.dagster_defs.resources import default_resources
     from stacchip_assets.errors import StacchipError
-    from stacchip_assets.rio import DEFAULT_GDAL_OPTIONS, sign_href
+    from stacchip_assets.io.raster import DEFAULT_GDAL_OPTIONS, sign_href
 
     for name, value in {
         "STACCHIP_STORAGE_BASE": "s3://bucket/base", "STACCHIP_S3_ENDPOINT_URL": s3_server.endpoint,

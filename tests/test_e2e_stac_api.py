@@ -22,7 +22,7 @@ import pystac
 import pytest
 
 from stacchip_assets import Chipper, Indexer
-from stacchip_assets.combine import CombinedIndex
+from stacchip_assets.index.combined import CombinedIndex
 from stacchip_assets.dagster_defs import (
     ITEM_PARTITIONS_NAME,
     ChipSettingsResource,
@@ -34,11 +34,11 @@ from stacchip_assets.dagster_defs import (
 )
 from stacchip_assets.dagster_defs.sensors import parse_cursor
 from stacchip_assets.errors import AssetReadError, StacSourceError
-from stacchip_assets.pipeline import ChipSettings
-from stacchip_assets.rio import AssetAccess, gdal_env
-from stacchip_assets.sample_data import SAMPLE_COLLECTIONS
-from stacchip_assets.stac_source import SearchParams
-from stacchip_assets.storage import Storage
+from stacchip_assets.index.item_index import ChipSettings
+from stacchip_assets.io.raster import AssetAccess, gdal_env
+from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS
+from stacchip_assets.io.stac_source import SearchParams
+from stacchip_assets.io.storage import Storage
 
 from .conftest import DAGSTER_DEV_COLLECTION
 from .dagster_support import QUIET, launch_tick_runs

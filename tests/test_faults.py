@@ -18,15 +18,15 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from stacchip_assets.sample_data import generate_sample_catalog
+from stacchip_assets.demo.sample_data import generate_sample_catalog
 
 WORKER = textwrap.dedent(
     """
     import sys, pystac
-    from stacchip_assets.combine import CombinedIndex
-    from stacchip_assets.pipeline import index_item
-    from stacchip_assets.sample_data import sample_item_paths
-    from stacchip_assets.storage import Storage
+    from stacchip_assets.index.combined import CombinedIndex
+    from stacchip_assets.index.item_index import index_item
+    from stacchip_assets.demo.sample_data import sample_item_paths
+    from stacchip_assets.io.storage import Storage
 
     catalog, base, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
     storage = Storage(base)

@@ -23,10 +23,10 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from stacchip_assets.combine import CombinedIndex
+from stacchip_assets.index.combined import CombinedIndex
 from stacchip_assets.dagster_defs import ITEM_PARTITIONS_NAME
-from stacchip_assets.sample_data import SAMPLE_COLLECTIONS
-from stacchip_assets.storage import Storage
+from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS
+from stacchip_assets.io.storage import Storage
 
 from .conftest import PROJECT, require_servers
 from .dagster_support import ALL_KEYS, Graph

@@ -16,7 +16,7 @@ import pytest
 import shapely
 
 from stacchip_assets import NoStatsChipIndexer, StorageError, read_index, write_index
-from stacchip_assets.geoparquet import INDEX_SCHEMA
+from stacchip_assets.io.geoparquet import INDEX_SCHEMA
 
 from .test_indexer_fixtures import FIXTURES
 
@@ -81,7 +81,7 @@ def test_failed_write_leaves_the_previous_file_intact(index_table, tmp_path):
 
 
 def test_empty_index_is_still_valid_geoparquet(tmp_path):
-    from stacchip_assets.geoparquet import empty_index_table
+    from stacchip_assets.io.geoparquet import empty_index_table
 
     path = write_index(empty_index_table(), tmp_path / "empty.parquet")
     frame = geopandas.read_parquet(path)

@@ -9,7 +9,7 @@ from affine import Affine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stacchip_assets.grid import WGS84, ChipGrid
+from stacchip_assets.core.grid import WGS84, ChipGrid
 
 CRS_CHOICES = ["utm-n", "utm-s", "EPSG:3031", "EPSG:3413", "EPSG:4326"]
 

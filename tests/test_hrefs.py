@@ -7,7 +7,7 @@ import os
 import pytest
 
 from stacchip_assets.errors import HrefPolicyError, StacchipError
-from stacchip_assets.hrefs import HrefPolicy
+from stacchip_assets.core.hrefs import HrefPolicy
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_a_policy_without_roots_refuses_every_local_path(tmp_path):
 
 def test_indexer_and_chipper_check_hrefs_before_gdal_sees_them(tmp_path):
     from stacchip_assets import Chipper, Indexer
-    from stacchip_assets.sample_data import SAMPLE_COLLECTIONS, generate_sample_catalog, sample_item_paths
+    from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS, generate_sample_catalog, sample_item_paths
 
     import pystac
 
@@ -97,9 +97,9 @@ def test_an_item_indexed_without_reading_pixels_is_checked_too(tmp_path):
     """NoStats indexing opens no COG, yet the item is stored and read back later: refuse it up front."""
     import pystac
 
-    from stacchip_assets.pipeline import ChipSettings, index_item
-    from stacchip_assets.sample_data import SAMPLE_COLLECTIONS, generate_sample_catalog, sample_item_paths
-    from stacchip_assets.storage import Storage
+    from stacchip_assets.index.item_index import ChipSettings, index_item
+    from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS, generate_sample_catalog, sample_item_paths
+    from stacchip_assets.io.storage import Storage
 
     catalog = generate_sample_catalog(tmp_path / "catalog")
     item = pystac.Item.from_file(str(sample_item_paths(catalog)[SAMPLE_COLLECTIONS["naip"][0]]))
@@ -118,7 +118,7 @@ def test_a_chip_index_run_refuses_an_item_pointing_outside_the_catalog(tmp_path,
 
     import dagster as dg
 
-    from stacchip_assets.sample_data import SAMPLE_COLLECTIONS
+    from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS
 
     from .dagster_support import Graph, copy_catalog, item_json_path, shared_sample
 
@@ -166,14 +166,14 @@ def test_a_chip_index_run_refuses_an_item_pointing_outside_the_catalog(tmp_path,
     ],
 )
 def test_credentials_are_stripped_from_hrefs_and_harmless_parameters_kept(href, clean):
-    from stacchip_assets.hrefs import has_credentials, strip_credentials
+    from stacchip_assets.core.hrefs import has_credentials, strip_credentials
 
     assert strip_credentials(href) == clean
     assert has_credentials(href) == (clean != href)
 
 
 def test_credentials_are_redacted_inside_text():
-    from stacchip_assets.hrefs import redact_credentials
+    from stacchip_assets.core.hrefs import redact_credentials
 
     text = ("cannot open https://h/x.tif?st=1&sig=SECRET1: HTTP 403 ('/vsicurl/https://h/y.tif?token=SECRET2'), "
             "retrying https://h/z.tif?a=1&X-Amz-Signature=SECRET3.")
@@ -206,10 +206,10 @@ def test_a_local_rasters_policy_admits_tiffs_only_by_content(tmp_path):
 @pytest.fixture(scope="module")
 def indexed_base(tmp_path_factory):
     """The sample catalog (outside the default sample folder) indexed into a local base."""
-    from stacchip_assets.combine import CombinedIndex
-    from stacchip_assets.pipeline import ChipSettings, index_item
-    from stacchip_assets.stac_source import StaticCatalogSource
-    from stacchip_assets.storage import Storage
+    from stacchip_assets.index.combined import CombinedIndex
+    from stacchip_assets.index.item_index import ChipSettings, index_item
+    from stacchip_assets.io.stac_source import StaticCatalogSource
+    from stacchip_assets.io.storage import Storage
 
     from .dagster_support import copy_catalog, shared_sample
 
@@ -238,8 +238,8 @@ def _edit_stored_item(storage, row, href: str) -> None:
                                       ("/vsicurl/http://169.254.169.254/latest/meta-data/x.tif", "/vsi"),
                                       ("file:///etc/passwd", "scheme 'file'")])
 def test_read_chip_refuses_a_stored_item_edited_to_point_elsewhere(indexed_base, href, why):
-    from stacchip_assets.combine import CombinedIndex
-    from stacchip_assets.reader import read_chip, read_chip_by_id
+    from stacchip_assets.index.combined import CombinedIndex
+    from stacchip_assets.index.reader import read_chip, read_chip_by_id
 
     catalog, storage = indexed_base
     row = CombinedIndex(storage).read().to_pylist()[0]
@@ -265,7 +265,7 @@ def test_read_chip_refuses_a_stored_item_edited_to_point_elsewhere(indexed_base,
 
 
 def test_training_extraction_refuses_a_stored_item_edited_to_point_elsewhere(indexed_base, tmp_path):
-    from stacchip_assets.combine import CombinedIndex
+    from stacchip_assets.index.combined import CombinedIndex
     from stacchip_assets.training import TrainingSetConfig, select_chips, write_training_set
 
     catalog, storage = indexed_base
@@ -282,7 +282,7 @@ def test_training_extraction_refuses_a_stored_item_edited_to_point_elsewhere(ind
             with pytest.raises(HrefPolicyError, match=r"'image'.*/etc/passwd"):
                 write_training_set(select_chips(index, config), config, tmp_path / "bad", href_policy=policy)
         assert not (tmp_path / "bad").exists()  # nothing published
-        from stacchip_assets.band_stats import band_statistics
+        from stacchip_assets.training.band_stats import band_statistics
 
         for policy in (None, HrefPolicy(local_roots=(str(catalog.parent),))):
             with pytest.raises(HrefPolicyError, match=r"'image'.*/etc/passwd"):

@@ -14,7 +14,7 @@ import pytest
 import shapely
 
 from stacchip_assets import Indexer, NoProjectionInfoError, NoStatsChipIndexer, StacchipError, UnsupportedCRSError
-from stacchip_assets.indexer import ChipIndexer
+from stacchip_assets.index.chip_indexer import ChipIndexer
 
 #: Real item JSON from public catalogs, copied into the repository (tests/fixtures/stac-items/MANIFEST.tsv
 #: says where each one comes from, at which commit, and what is special about it).

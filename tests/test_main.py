@@ -16,8 +16,8 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from stacchip_assets.reader import read_chip, read_chip_by_id
-from stacchip_assets.sample_data import SAMPLE_COLLECTIONS
+from stacchip_assets.index.reader import read_chip, read_chip_by_id
+from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS
 
 from .dagster_support import shared_sample
 
@@ -29,7 +29,7 @@ def run_main(home: Path, sample_dir: Path) -> tuple[subprocess.CompletedProcess,
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STACCHIP_", "DAGSTER_"))}
     env.update(DAGSTER_HOME=str(home), STACCHIP_SAMPLE_DIR=str(sample_dir))
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "stacchip_assets.main"], cwd=home.parent, env=env,
+    result = subprocess.run([sys.executable, "-m", "stacchip_assets.demo.main"], cwd=home.parent, env=env,
                             capture_output=True, text=True, timeout=300)
     return result, time.monotonic() - started
 

@@ -12,12 +12,12 @@ import pyarrow.dataset as pads
 import pytest
 import shapely
 
-from stacchip_assets.combine import CombinedIndex
-from stacchip_assets.compaction import compact
+from stacchip_assets.index.combined import CombinedIndex
+from stacchip_assets.index.compaction import compact
 from stacchip_assets.errors import StorageError
-from stacchip_assets.geoparquet import INDEX_SCHEMA
-from stacchip_assets.query import chip_filter, execute, plan_query, plan_row_groups, query_boxes, query_chips, query_chips_gdf
-from stacchip_assets.storage import Storage
+from stacchip_assets.io.geoparquet import INDEX_SCHEMA
+from stacchip_assets.index.query import chip_filter, execute, plan_query, plan_row_groups, query_boxes, query_chips, query_chips_gdf
+from stacchip_assets.io.storage import Storage
 
 from .test_compaction import SMALL, add_items, canonical, item_table, random_items
 
@@ -110,7 +110,7 @@ def test_query_equals_an_in_memory_filter(states, state):
 
 
 def test_mixed_state_has_pending_items_and_tombstones(states):
-    from stacchip_assets.compaction import load_manifest
+    from stacchip_assets.index.compaction import load_manifest
 
     manifest = load_manifest(states["mixed"])
     assert manifest.pending and manifest.tombstones

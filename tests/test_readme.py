@@ -33,9 +33,9 @@ def clean_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def after_main(tmp_path_factory) -> tuple[Path, str]:
-    """A folder where `python -m stacchip_assets.main` ran with the defaults; its output."""
+    """A folder where `python -m stacchip_assets.demo.main` ran with the defaults; its output."""
     work = tmp_path_factory.mktemp("readme")
-    result = subprocess.run([sys.executable, "-m", "stacchip_assets.main"], cwd=work, env=clean_env(),
+    result = subprocess.run([sys.executable, "-m", "stacchip_assets.demo.main"], cwd=work, env=clean_env(),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work, result.stdout

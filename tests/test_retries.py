@@ -14,8 +14,8 @@ import urllib3
 
 from stacchip_assets.dagster_defs import StacSourceResource, StorageResource
 from stacchip_assets.errors import StacSourceError, StorageError
-from stacchip_assets.stac_source import RetrySettings, StacApiSource
-from stacchip_assets.storage import Storage
+from stacchip_assets.io.stac_source import RetrySettings, StacApiSource
+from stacchip_assets.io.storage import Storage
 
 from .fault_proxy import fault_proxy
 from .servers import collection_json, item_json

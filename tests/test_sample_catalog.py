@@ -18,7 +18,7 @@ from stacchip_assets import (
     NoStatsChipIndexer,
     Sentinel2Indexer,
 )
-from stacchip_assets.sample_data import SAMPLE_COLLECTIONS, generate_sample_catalog, sample_item_paths
+from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS, generate_sample_catalog, sample_item_paths
 
 CHIP = 128  # small chips so that every sample item has several rows and columns of them
 

@@ -16,7 +16,7 @@ from pyproj import CRS, Transformer
 from rasterio.enums import Compression
 
 from stacchip_assets import sample_data
-from stacchip_assets.sample_data import (
+from stacchip_assets.demo.sample_data import (
     SAMPLE_COLLECTIONS,
     SAMPLE_DATA_VERSION,
     default_sample_dir,

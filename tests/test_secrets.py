@@ -22,13 +22,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from stacchip_assets.combine import CombinedIndex
+from stacchip_assets.index.combined import CombinedIndex
 from stacchip_assets.dagster_defs import CollectionConfig, build_definitions, item_partition_key
 from stacchip_assets.dagster_defs.resources import default_resources
-from stacchip_assets.hrefs import strip_credentials
-from stacchip_assets.reader import read_chip
-from stacchip_assets.stac_source import SearchParams
-from stacchip_assets.storage import Storage
+from stacchip_assets.core.hrefs import strip_credentials
+from stacchip_assets.index.reader import read_chip
+from stacchip_assets.io.stac_source import SearchParams
+from stacchip_assets.io.storage import Storage
 
 from .conftest import require_servers
 from .dagster_support import QUIET

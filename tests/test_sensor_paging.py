@@ -20,8 +20,8 @@ from stacchip_assets.dagster_defs import (
 )
 from stacchip_assets.dagster_defs.presets import CollectionConfig
 from stacchip_assets.dagster_defs.sensors import parse_cursor
-from stacchip_assets.pipeline import ChipSettings
-from stacchip_assets.stac_source import SearchParams, canonical_time
+from stacchip_assets.index.item_index import ChipSettings
+from stacchip_assets.io.stac_source import SearchParams, canonical_time
 
 from .servers import load_items, synthetic_collection, synthetic_item
 

@@ -22,7 +22,7 @@ import uuid
 import dagster as dg
 import pytest
 
-from stacchip_assets.combine import CombinedIndex
+from stacchip_assets.index.combined import CombinedIndex
 from stacchip_assets.dagster_defs import (
     ChipSettingsResource,
     CollectionConfig,
@@ -32,7 +32,7 @@ from stacchip_assets.dagster_defs import (
     item_partition_key,
 )
 from stacchip_assets.errors import StacchipError
-from stacchip_assets.stac_source import SearchParams, canonical_time
+from stacchip_assets.io.stac_source import SearchParams, canonical_time
 
 from .dagster_support import QUIET, launch_tick_runs
 from .fault_proxy import fault_proxy

@@ -20,8 +20,8 @@ from stacchip_assets.dagster_defs import (
 )
 from stacchip_assets.dagster_defs.sensors import parse_cursor
 from stacchip_assets.errors import StacchipError, StacSourceError
-from stacchip_assets.sample_data import SAMPLE_COLLECTIONS
-from stacchip_assets.stac_source import (
+from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS
+from stacchip_assets.io.stac_source import (
     SELECTION_LEAST_CLOUDY,
     SearchParams,
     StaticCatalogSource,
@@ -188,7 +188,7 @@ def test_sensor_against_a_stac_api(catalog, tmp_path, api_url):
     import requests
 
     from stacchip_assets.dagster_defs import CollectionConfig, build_definitions
-    from stacchip_assets.pipeline import ChipSettings
+    from stacchip_assets.index.item_index import ChipSettings
 
     collection = f"test-s2-{uuid.uuid4().hex[:8]}"
     source = StaticCatalogSource(catalog)

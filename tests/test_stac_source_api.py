@@ -22,7 +22,7 @@ from stacchip_assets.dagster_defs import (
     item_partition_key,
 )
 from stacchip_assets.errors import StacSourceError
-from stacchip_assets.stac_source import SearchParams, StacApiSource, StaticCatalogSource
+from stacchip_assets.io.stac_source import SearchParams, StacApiSource, StaticCatalogSource
 
 from .dagster_support import QUIET
 from .fault_proxy import fault_proxy
@@ -123,7 +123,7 @@ def test_an_item_repeated_across_pages_is_yielded_once_with_a_warning(stac_api, 
         assert sorted(plain) == sorted(ids) and len(plain) == N_ITEMS and proxy.stats()["repeated"] == 0
 
         proxy.configure(repeat_rate=1.0)
-        with caplog.at_level(logging.WARNING, logger="stacchip_assets.stac_source"):
+        with caplog.at_level(logging.WARNING, logger="stacchip_assets.io.stac_source"):
             searched = source.search(name, SearchParams(sortby=[{"field": "id", "direction": "asc"}]))
         repeated = proxy.stats()["repeated"]
         assert repeated >= 3  # pages 2, 3, 4 each started with the previous page's last item
@@ -138,7 +138,7 @@ def test_an_item_repeated_across_pages_is_yielded_once_with_a_warning(stac_api, 
         # poll: sorted by (updated, id), each item once, and the cursor moves past all of them
         caplog.clear()
         before = proxy.stats()["repeated"]
-        with caplog.at_level(logging.WARNING, logger="stacchip_assets.stac_source"):
+        with caplog.at_level(logging.WARNING, logger="stacchip_assets.io.stac_source"):
             polled = source.poll(name, limit=100)
         assert proxy.stats()["repeated"] > before
         assert [p.item_id for p in polled] == ids

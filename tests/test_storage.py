@@ -11,7 +11,7 @@ import pytest
 
 from stacchip_assets import Indexer
 from stacchip_assets.errors import InvalidIdentifierError, StorageError
-from stacchip_assets.storage import STORAGE_BASE_ENV, Storage, default_base
+from stacchip_assets.io.storage import STORAGE_BASE_ENV, Storage, default_base
 
 from .dagster_support import shared_sample
 
@@ -187,7 +187,7 @@ def test_signed_hrefs_are_stored_without_their_tokens(tmp_path, naip_item):
 
 KILLED_WRITER = r"""
 import sys, time
-from stacchip_assets.storage import Storage
+from stacchip_assets.io.storage import Storage
 storage = Storage(sys.argv[1])
 with storage.staged_path("index/naip/x/index_x.parquet") as tmp:
     with open(tmp, "wb") as handle:

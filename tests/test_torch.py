@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader  # noqa: E402
 
-from stacchip_assets.torch import ChipIndexDataset, ShardDataset  # noqa: E402
+from stacchip_assets.training.torch import ChipIndexDataset, ShardDataset  # noqa: E402
 from stacchip_assets.training import NORM_KEYS, TrainingSetConfig, select_chips, write_training_set  # noqa: E402
 
 from .test_training import BANDS, CHIP, FORMATS, sample_index  # noqa: E402

@@ -15,7 +15,7 @@ import pytest
 import shapely
 
 from stacchip_assets import Chipper, Indexer, InvalidIdentifierError, StacchipError
-from stacchip_assets.sample_data import generate_sample_catalog, sample_item_paths
+from stacchip_assets.demo.sample_data import generate_sample_catalog, sample_item_paths
 from stacchip_assets.training import (
     NORM_KEYS,
     TrainingSetConfig,
@@ -283,7 +283,7 @@ def dask_client():
 
 
 def test_dask_path_writes_byte_identical_shards(index, tmp_path, dask_client):
-    from stacchip_assets.band_stats import band_statistics
+    from stacchip_assets.training.band_stats import band_statistics
 
     for fmt in FORMATS:
         cfg = config(format=fmt, sample_size=200)

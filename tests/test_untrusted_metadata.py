@@ -37,13 +37,13 @@ from stacchip_assets.errors import (
     StacSourceError,
     StorageError,
 )
-from stacchip_assets.indexer import Indexer, NoStatsChipIndexer, Sentinel2Indexer
-from stacchip_assets.limits import ReadLimits
-from stacchip_assets.paths import MAX_ID_LENGTH, validate_id
-from stacchip_assets.pipeline import ChipSettings, index_item
-from stacchip_assets.rio import open_asset
-from stacchip_assets.stac import item_from_dict
-from stacchip_assets.storage import Storage
+from stacchip_assets.index.chip_indexer import Indexer, NoStatsChipIndexer, Sentinel2Indexer
+from stacchip_assets.core.limits import ReadLimits
+from stacchip_assets.core.ids import MAX_ID_LENGTH, validate_id
+from stacchip_assets.index.item_index import ChipSettings, index_item
+from stacchip_assets.io.raster import open_asset
+from stacchip_assets.core.stac import item_from_dict
+from stacchip_assets.io.storage import Storage
 
 from .cogs import make_item, write_cog
 
@@ -116,7 +116,7 @@ def test_scl_values_outside_the_classification_are_nodata_not_wrapped(tmp_path, 
     scl[128:, :128] = 9  # chip (0, 1): cloud high probability
     scl[128:192, 128:] = 300  # chip (1, 1): half out of domain
     item = _s2_item(tmp_path, scl)
-    with caplog.at_level(logging.WARNING, logger="stacchip_assets.indexer"):
+    with caplog.at_level(logging.WARNING, logger="stacchip_assets.index.chip_indexer"):
         table = Indexer(item, chip_max_nodata=1.0).create_index()
     got = {(r["chip_index_x"], r["chip_index_y"]): (r["cloud_cover_percentage"], r["nodata_percentage"]) for r in table.to_pylist()}
     assert got == {(0, 0): (0.0, 1.0), (1, 0): (0.0, 1.0), (0, 1): (1.0, 0.0), (1, 1): (0.0, 0.5)}
@@ -200,7 +200,7 @@ import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))  # a safety net: the old whole read needed 10 GB
 from pathlib import Path
 from tests.test_untrusted_metadata import sparse_mask_item
-from stacchip_assets.indexer import Indexer
+from stacchip_assets.index.chip_indexer import Indexer
 item = sparse_mask_item(Path(sys.argv[1]))
 rows = Indexer(item, chip_max_nodata=1.0).create_index().to_pylist()
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -383,8 +383,8 @@ def property_run(folder: Path, max_examples: int) -> dict:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from stacchip_assets.hrefs import HrefPolicy
-    from stacchip_assets.reader import read_chip
+    from stacchip_assets.core.hrefs import HrefPolicy
+    from stacchip_assets.index.reader import read_chip
 
     folder.mkdir(parents=True, exist_ok=True)
     b04 = band(folder, "b04", 512, 512)

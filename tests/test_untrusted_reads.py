@@ -15,12 +15,12 @@ import pytest
 import rasterio
 from affine import Affine
 
-from stacchip_assets.chipper import Chipper
+from stacchip_assets.index.chipper import Chipper
 from stacchip_assets.errors import AssetReadError, HrefPolicyError, StacchipError
-from stacchip_assets.hrefs import HrefPolicy, default_read_policy
-from stacchip_assets.indexer import NoStatsChipIndexer, Sentinel2Indexer
-from stacchip_assets.limits import ReadLimits, ResourceLimitError, read_limits
-from stacchip_assets.rio import ALLOWED_DRIVERS, RefusedRasterError, open_asset
+from stacchip_assets.core.hrefs import HrefPolicy, default_read_policy
+from stacchip_assets.index.chip_indexer import NoStatsChipIndexer, Sentinel2Indexer
+from stacchip_assets.core.limits import ReadLimits, ResourceLimitError, read_limits
+from stacchip_assets.io.raster import ALLOWED_DRIVERS, RefusedRasterError, open_asset
 
 from .cogs import make_item, write_cog
 from .test_hrefs import _edit_stored_item, indexed_base  # noqa: F401  (a module fixture, reused)
@@ -250,8 +250,8 @@ def test_read_limits_validation(monkeypatch):
 
 
 def test_read_chip_refuses_a_row_chip_size_past_the_limit(indexed_base):  # noqa: F811
-    from stacchip_assets.combine import CombinedIndex
-    from stacchip_assets.reader import read_chip
+    from stacchip_assets.index.combined import CombinedIndex
+    from stacchip_assets.index.reader import read_chip
 
     _, storage = indexed_base
     row = CombinedIndex(storage).read().to_pylist()[0]
@@ -267,8 +267,8 @@ def test_read_chip_refuses_a_row_chip_size_past_the_limit(indexed_base):  # noqa
 
 def test_stored_items_edited_to_inline_vrt_are_refused_everywhere(indexed_base, tmp_path, secret):  # noqa: F811
     """read_chip, read_chip_by_id and the training extraction, with the default and a strict policy."""
-    from stacchip_assets.combine import CombinedIndex
-    from stacchip_assets.reader import read_chip, read_chip_by_id
+    from stacchip_assets.index.combined import CombinedIndex
+    from stacchip_assets.index.reader import read_chip, read_chip_by_id
     from stacchip_assets.training import TrainingSetConfig, select_chips, write_training_set
 
     catalog, storage = indexed_base
@@ -325,7 +325,7 @@ def test_gdal_skip_deregisters_vrt_when_gdal_env_registers_the_drivers(tmp_path,
     code = (
         "import rasterio, sys\n"
         "from rasterio.vrt import WarpedVRT\n"
-        "from stacchip_assets.rio import gdal_env\n"
+        "from stacchip_assets.io.raster import gdal_env\n"
         "with gdal_env():\n"
         "    try:\n"
         f"        rasterio.open({str(vrt)!r}); print('VRT opened')\n"

@@ -25,9 +25,9 @@ from stacchip_assets.dagster_defs import (
 from stacchip_assets.dagster_defs.presets import CollectionConfig
 from stacchip_assets.dagster_defs.sensors import cursor_reports, parse_cursor
 from stacchip_assets.errors import StacSourceError
-from stacchip_assets.pipeline import ChipSettings
-from stacchip_assets.source_guards import SourceReport
-from stacchip_assets.stac_source import (
+from stacchip_assets.index.item_index import ChipSettings
+from stacchip_assets.io.source_guards import SourceReport
+from stacchip_assets.io.stac_source import (
     SearchParams,
     StacApiSource,
     StaticCatalogSource,

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from dagster import AssetSelection, Definitions, ExecutorDefinition, define_asset_job, in_process_executor  # noqa: F401
 
-from .assets import (
+from stacchip_assets.dagster_defs.assets import (
     CHIP_INDEX_KEY,
     COMBINED_INDEX_KEY,
     ITEM_PARTITIONS_NAME,
@@ -21,14 +21,14 @@ from .assets import (
     item_partitions,
     split_item_partition_key,
 )
-from .checks import combined_index_checks
-from .combined_trigger import all_indexed_items_combined, build_combined_trigger
-from .presets import CollectionConfig, load_collections
-from .query import chip_query_job
-from .resources import ChipSettingsResource, StacSourceResource, StorageResource, default_resources
-from .runtime import CHIP_INDEX_MAX_RUNTIME_SECONDS, COMBINED_INDEX_MAX_RUNTIME_SECONDS, max_runtime_tags
-from .sensors import COMBINE_TAG, build_sensors
-from .training import build_training_assets, default_dask_resource
+from stacchip_assets.dagster_defs.checks import combined_index_checks
+from stacchip_assets.dagster_defs.combined_trigger import all_indexed_items_combined, build_combined_trigger
+from stacchip_assets.dagster_defs.presets import CollectionConfig, load_collections
+from stacchip_assets.dagster_defs.query import chip_query_job
+from stacchip_assets.dagster_defs.resources import ChipSettingsResource, StacSourceResource, StorageResource, default_resources
+from stacchip_assets.dagster_defs.runtime import CHIP_INDEX_MAX_RUNTIME_SECONDS, COMBINED_INDEX_MAX_RUNTIME_SECONDS, max_runtime_tags
+from stacchip_assets.dagster_defs.sensors import COMBINE_TAG, build_sensors
+from stacchip_assets.dagster_defs.training import build_training_assets, default_dask_resource
 
 
 #: Environment variable that chooses the executor of every job (read when the code location loads).
@@ -49,7 +49,7 @@ def executor_from_env(value: str | None = None) -> ExecutorDefinition:
     The distributed ones are imported only when chosen: the default install needs neither package."""
     import importlib
 
-    from ..errors import StacchipError
+    from stacchip_assets.errors import StacchipError
 
     name = (os.environ.get(EXECUTOR_ENV, "") if value is None else value).strip().lower() or "in_process"
     if name not in EXECUTORS:

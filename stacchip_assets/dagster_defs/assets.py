@@ -52,17 +52,17 @@ from dagster import (
     asset,
 )
 
-from .. import compaction
-from ..combine import CombinedIndex, CombineReport
-from ..errors import StacchipError
-from ..geoparquet import INDEX_SCHEMA
-from ..paths import validate_id
-from ..pipeline import ItemIndexResult, index_item, prune_assets
-from ..source_guards import SourceReport
-from ..stac_source import item_summary, params_json
-from .presets import CollectionConfig
-from .resources import ChipSettingsResource, StacSourceResource, StorageResource
-from .runtime import CHIP_INDEX_MAX_RUNTIME_SECONDS, protect_run
+from stacchip_assets.index import compaction
+from stacchip_assets.index.combined import CombinedIndex, CombineReport
+from stacchip_assets.errors import StacchipError
+from stacchip_assets.io.geoparquet import INDEX_SCHEMA
+from stacchip_assets.core.ids import validate_id
+from stacchip_assets.index.item_index import ItemIndexResult, index_item, prune_assets
+from stacchip_assets.io.source_guards import SourceReport
+from stacchip_assets.io.stac_source import item_summary, params_json
+from stacchip_assets.dagster_defs.presets import CollectionConfig
+from stacchip_assets.dagster_defs.resources import ChipSettingsResource, StacSourceResource, StorageResource
+from stacchip_assets.dagster_defs.runtime import CHIP_INDEX_MAX_RUNTIME_SECONDS, protect_run
 
 STAC_ITEMS_KEY = AssetKey("stac_items")
 CHIP_INDEX_KEY = AssetKey("chip_index")
@@ -180,7 +180,7 @@ class CombinedIndexConfig(Config):
     full_rebuild: bool = False
     """Re-derive the combined index from the files (a listing of both folders) instead of the event log."""
     compaction: Literal["auto", "enable", "off"] = "auto"
-    """Keep the compacted tier (Hilbert-sorted runs + manifest, `stacchip_assets.compaction`) up to date
+    """Keep the compacted tier (Hilbert-sorted runs + manifest, `stacchip_assets.index.compaction`) up to date
     after the update: "auto" compacts the pending items when the tier is enabled for the base (its
     manifest exists), "enable" also enables it (the first time compacts the whole per-item layout),
     "off" leaves it alone (queries stay exact: pending items are read from their per-item files)."""
@@ -553,7 +553,7 @@ def compact_combined(context: AssetExecutionContext, store, mode: str) -> dict[s
             reason = "compaction off for this run"
         elif not enabled and mode == "auto":
             reason = ("the compacted tier is not enabled for this base (run once with "
-                      "`compaction: enable`, or `stacchip_assets.compaction.compact(base)`)")
+                      "`compaction: enable`, or `stacchip_assets.index.compaction.compact(base)`)")
         elif enabled and manifest.pending_count() == 0:
             reason = "no pending items"
         else:
@@ -640,7 +640,7 @@ def update_combined_index(context: AssetExecutionContext, config: CombinedIndexC
         f"{report.rows_added} rows written, {report.rows_removed} replaced or removed.",
         "",
         f"Read it with `geopandas.read_parquet({combined.uri!r})` or "
-        "`stacchip_assets.combine.read_combined(base)`; pixels with `stacchip_assets.reader.read_chip(row)`.",
+        "`stacchip_assets.index.combined.read_combined(base)`; pixels with `stacchip_assets.index.reader.read_chip(row)`.",
         "",
         compacted["summary"],
     ])

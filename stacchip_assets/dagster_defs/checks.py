@@ -10,9 +10,9 @@ import pyarrow.compute as pc
 import shapely
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetRecordsFilter, MetadataValue, asset_check
 
-from ..combine import CombinedIndex
-from .assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY, item_partition_key
-from .resources import StorageResource
+from stacchip_assets.index.combined import CombinedIndex
+from stacchip_assets.dagster_defs.assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY, item_partition_key
+from stacchip_assets.dagster_defs.resources import StorageResource
 
 
 def _combined_state(context: AssetCheckExecutionContext) -> dict:

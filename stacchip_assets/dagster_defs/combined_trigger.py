@@ -65,8 +65,8 @@ from dagster import (
 )
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
-from ..errors import StacchipError
-from .assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY
+from stacchip_assets.errors import StacchipError
+from stacchip_assets.dagster_defs.assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY
 
 #: Seconds between two evaluations of the combined trigger (environment variable, default 30).
 COMBINED_INTERVAL_ENV = "STACCHIP_COMBINED_INTERVAL_SECONDS"

@@ -21,10 +21,10 @@ from dagster import ConfigurableResource, Definitions
 from dagster.components import Component, ComponentLoadContext, Model, Resolvable
 from pydantic import Field, create_model
 
-from ..errors import StacchipError
-from . import build_definitions
-from .presets import CollectionConfig, builtin_presets, load_collections, resolve_entry
-from .resources import RESOURCE_CLASSES, resource_env_values
+from stacchip_assets.errors import StacchipError
+from stacchip_assets.dagster_defs import build_definitions
+from stacchip_assets.dagster_defs.presets import CollectionConfig, builtin_presets, load_collections, resolve_entry
+from stacchip_assets.dagster_defs.resources import RESOURCE_CLASSES, resource_env_values
 
 
 class ChipOverrides(Resolvable, Model):

@@ -1,8 +1,8 @@
 """Collection presets and the collections the code location indexes -- configuration, not code.
 
 The presets below are a YAML document: one entry per platform stacchip processed, with the search
-parameters (``search:``, see :class:`stacchip_assets.stac_source.SearchParams`) and chip settings
-(``chips:``, see :class:`stacchip_assets.pipeline.ChipSettings`). Asset keys follow the catalogs
+parameters (``search:``, see :class:`stacchip_assets.io.stac_source.SearchParams`) and chip settings
+(``chips:``, see :class:`stacchip_assets.index.item_index.ChipSettings`). Asset keys follow the catalogs
 named in ``source_hint``.
 
 Which collections are indexed (one ``stac_items`` partition each) is read when the code location
@@ -28,10 +28,10 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..errors import StacchipError
-from ..paths import validate_id
-from ..pipeline import ChipSettings
-from ..stac_source import SearchParams
+from stacchip_assets.errors import StacchipError
+from stacchip_assets.core.ids import validate_id
+from stacchip_assets.index.item_index import ChipSettings
+from stacchip_assets.io.stac_source import SearchParams
 
 COLLECTIONS_FILE_ENV = "STACCHIP_COLLECTIONS_FILE"
 COLLECTIONS_ENV = "STACCHIP_COLLECTIONS"
@@ -114,7 +114,7 @@ presets:
       chip_max_nodata: 0.5
       assets: [visual]
 
-# The embedded sample catalog (stacchip_assets.sample_data): every item, every raster asset it has.
+# The embedded sample catalog (stacchip_assets.demo.sample_data): every item, every raster asset it has.
 default_collections:
   - preset: sentinel-2-l2a
     search: {query: null, sortby: null, selection: all}

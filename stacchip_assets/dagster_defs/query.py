@@ -1,6 +1,6 @@
 """The chip query as a Dagster job: `chip_query_job`, one op configured by run config.
 
-Wiring only: `stacchip_assets.query` plans and runs the query (compacted runs or per-item files,
+Wiring only: `stacchip_assets.index.query` plans and runs the query (compacted runs or per-item files,
 whichever the base has), this op writes the result as one GeoParquet file under the storage base,
 ``{base}/queries/{name}.parquet`` (atomic: temporary file + rename, one PUT on S3), and reports
 what was read:
@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 from dagster import Config, Failure, MetadataValue, OpExecutionContext, Output, job, op
 from pydantic import Field
 
-from ..errors import StacchipError, StorageError
-from ..paths import validate_id
-from ..query import execute, plan_query, plan_row_groups
-from .resources import StorageResource
+from stacchip_assets.errors import StacchipError, StorageError
+from stacchip_assets.core.ids import validate_id
+from stacchip_assets.index.query import execute, plan_query, plan_row_groups
+from stacchip_assets.dagster_defs.resources import StorageResource
 
 QUERIES_DIR = "queries"
 PREVIEW_ROWS = 10

@@ -33,14 +33,14 @@ from typing import Iterator, Optional
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
-from ..errors import StacchipError
-from ..hrefs import HrefPolicy
-from ..pipeline import ChipSettings
-from ..rio import AssetAccess, gdal_env
-from ..sample_data import ensure_sample_catalog
-from ..stac_source import RetrySettings, StacSource, open_source
-from ..storage import DEFAULT_S3_MAX_ATTEMPTS, Storage, default_base
-from .presets import CollectionConfig
+from stacchip_assets.errors import StacchipError
+from stacchip_assets.core.hrefs import HrefPolicy
+from stacchip_assets.index.item_index import ChipSettings
+from stacchip_assets.io.raster import AssetAccess, gdal_env
+from stacchip_assets.demo.sample_data import ensure_sample_catalog
+from stacchip_assets.io.stac_source import RetrySettings, StacSource, open_source
+from stacchip_assets.io.storage import DEFAULT_S3_MAX_ATTEMPTS, Storage, default_base
+from stacchip_assets.dagster_defs.presets import CollectionConfig
 
 
 class StacSourceResource(ConfigurableResource):
@@ -95,7 +95,7 @@ class StacSourceResource(ConfigurableResource):
         if self.api_url:
             return open_source(api_url=self.api_url, page_size=self.page_size, timeout=self.timeout_seconds,
                                retry=self.retry())
-        return open_source(catalog_path=self.catalog_path)
+        return open_source(catalog_path=self.catalog_path or str(ensure_sample_catalog()))
 
     def describe(self) -> str:
         if self.api_url:
@@ -121,7 +121,7 @@ class StorageResource(ConfigurableResource):
     gdal_options: dict[str, str] = Field(
         default_factory=dict,
         description="extra GDAL configuration options for reading COG assets (override the defaults of "
-        "stacchip_assets.rio.DEFAULT_GDAL_OPTIONS), e.g. {'AWS_NO_SIGN_REQUEST': 'YES'}",
+        "stacchip_assets.io.raster.DEFAULT_GDAL_OPTIONS), e.g. {'AWS_NO_SIGN_REQUEST': 'YES'}",
     )
     href_signer: Optional[str] = Field(
         default=None, description="'module:function' applied to every asset href before it is opened, "

@@ -9,7 +9,7 @@ the cursor stays where it was.
 
 Untrusted sources: a malformed item (bad id, datetime or `updated`; `updated` in the future) is
 skipped, never failing its neighbours or the collection's poll; the cursor only takes validated item
-times, never later than now + `FUTURE_TOLERANCE` (see `stacchip_assets.source_guards`). What a tick
+times, never later than now + `FUTURE_TOLERANCE` (see `stacchip_assets.io.source_guards`). What a tick
 skipped is logged (one warning per collection, naming the items), written in the cursor under
 ``"reported"`` (the latest tick's problems per collection, see :func:`cursor_reports`) and, on a tick
 without runs, in the skip reason. The tick budget is passed into each collection's poll, so a long
@@ -41,11 +41,11 @@ from dagster import (
     sensor,
 )
 
-from ..errors import StacchipError
-from ..source_guards import FUTURE_TOLERANCE, SourceReport, canonical
-from .assets import ITEM_PARTITIONS_NAME, item_partition_key
-from .presets import CollectionConfig
-from .resources import StacSourceResource
+from stacchip_assets.errors import StacchipError
+from stacchip_assets.io.source_guards import FUTURE_TOLERANCE, SourceReport, canonical
+from stacchip_assets.dagster_defs.assets import ITEM_PARTITIONS_NAME, item_partition_key
+from stacchip_assets.dagster_defs.presets import CollectionConfig
+from stacchip_assets.dagster_defs.resources import StacSourceResource
 
 CURSOR_VERSION = 1
 #: Stop polling (further pages or collections) after this long (a tick times out after 60 s).

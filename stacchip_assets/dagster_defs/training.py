@@ -1,6 +1,6 @@
 """Training data assets: shards fed by the combined index, and per-band statistics (wiring only).
 
-The work is done by `stacchip_assets.training` and `stacchip_assets.band_stats`; this module reads the
+The work is done by `stacchip_assets.training` and `stacchip_assets.training.band_stats`; this module reads the
 combined index, passes the configuration, picks the Dask client from `DaskResource` and reports
 metadata. Outputs go to `{base}/training/{name}/` (a local or shared folder the Dask workers see).
 """
@@ -25,13 +25,13 @@ from dagster import (
 import pyarrow.compute as pc
 from pydantic import Field
 
-from ..band_stats import band_statistics, band_statistics_markdown, write_band_statistics_json, write_band_statistics_parquet
-from ..combine import read_combined
-from ..paths import validate_id
-from ..training import TrainingSetConfig, dask_client, read_manifest, select_chips, write_training_set
-from .assets import COMBINED_INDEX_KEY
-from .presets import CollectionConfig
-from .resources import StacSourceResource, StorageResource
+from stacchip_assets.training.band_stats import band_statistics, band_statistics_markdown, write_band_statistics_json, write_band_statistics_parquet
+from stacchip_assets.index.combined import read_combined
+from stacchip_assets.core.ids import validate_id
+from stacchip_assets.training import TrainingSetConfig, dask_client, read_manifest, select_chips, write_training_set
+from stacchip_assets.dagster_defs.assets import COMBINED_INDEX_KEY
+from stacchip_assets.dagster_defs.presets import CollectionConfig
+from stacchip_assets.dagster_defs.resources import StacSourceResource, StorageResource
 
 TRAINING_SET_KEY = AssetKey("training_set")
 BAND_STATISTICS_KEY = AssetKey("band_statistics")

@@ -15,7 +15,7 @@ What it improves on stacchip's ``prechip``
 - Sampling is **without replacement** (prechip drew ``randint`` rows, so chips repeated);
   ``allow_duplicates=True`` restores sampling with replacement.
 - Chips are grouped by item: the item JSON is loaded once per item (per task), each asset is opened
-  once (one :class:`~stacchip_assets.chipper.Chipper` per item), and chips are read in grid order,
+  once (one :class:`~stacchip_assets.index.chipper.Chipper` per item), and chips are read in grid order,
   a band of chip rows per call, so each COG block is decoded once (prechip reloaded the item and
   reopened every file for every chip, and decoded each 512 px block four times for 256 px chips).
 - Each chip keeps its acquisition hour (the index's ``datetime`` column); prechip read the ``date``
@@ -92,12 +92,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import shapely
 
-from .chipper import Chipper
-from .errors import StacchipError
-from .hrefs import HrefPolicy, default_read_policy
-from .indexer import NoStatsChipIndexer
-from .paths import validate_id
-from .reader import load_item  # the stored item JSON (local, http(s) or s3://), shared with read_chip
+from stacchip_assets.index.chipper import Chipper
+from stacchip_assets.errors import StacchipError
+from stacchip_assets.core.hrefs import HrefPolicy, default_read_policy
+from stacchip_assets.index.chip_indexer import NoStatsChipIndexer
+from stacchip_assets.core.ids import validate_id
+from stacchip_assets.index.reader import load_item  # the stored item JSON (local, http(s) or s3://), shared with read_chip
 
 log = logging.getLogger(__name__)
 
@@ -978,7 +978,7 @@ def _write_task(task: ChipTask, *, root: str, layout: CollectionLayout, config: 
     sink = _ShardSink(task, layout, config, Path(root), total)
     stats = None
     if statistics:
-        from .band_stats import CollectionAccumulator
+        from stacchip_assets.training.band_stats import CollectionAccumulator
 
         stats = CollectionAccumulator(layout)
     try:
@@ -1034,7 +1034,7 @@ def write_training_set(
     statistics in the same pass (``band_statistics.json`` / ``.parquet`` in ``out_dir``).
     ``overwrite`` replaces an existing, non-empty ``out_dir``; the new set appears atomically.
     ``href_policy``: what the stored items' asset hrefs may point at (they are untrusted input);
-    default :func:`stacchip_assets.hrefs.default_read_policy`. HrefPolicyError before GDAL opens anything.
+    default :func:`stacchip_assets.core.hrefs.default_read_policy`. HrefPolicyError before GDAL opens anything.
     """
     out_dir = Path(out_dir).absolute()
     plan = plan_training_set(selection, config)
@@ -1084,7 +1084,7 @@ def write_training_set(
         }
         (stage / INFO_NAME).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         if statistics:
-            from .band_stats import merge_results, write_band_statistics_json, write_band_statistics_parquet
+            from stacchip_assets.training.band_stats import merge_results, write_band_statistics_json, write_band_statistics_parquet
 
             records = merge_results([r["statistics"] for r in results], layouts)
             write_band_statistics_json(records, stage / "band_statistics.json")

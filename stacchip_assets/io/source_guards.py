@@ -41,7 +41,7 @@ from urllib.parse import urlparse
 
 import pystac
 
-from .errors import StacchipError
+from stacchip_assets.errors import StacchipError
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def checked_item(data: Any, where: str, report: SourceReport, *, prop: str = "up
                  ) -> tuple[pystac.Item, str] | None:
     """(item, ordering time) of one feature (read from `href`, if a file), or None after recording why
     it was skipped. With `now`, a time after ``now + FUTURE_TOLERANCE`` is refused too."""
-    from .paths import validate_id
+    from stacchip_assets.core.ids import validate_id
 
     name = feature_name(data, where)
     try:

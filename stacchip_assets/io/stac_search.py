@@ -14,8 +14,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import pystac
 import shapely
 
-from .errors import StacSourceError
-from .source_guards import SourceReport
+from stacchip_assets.errors import StacSourceError
+from stacchip_assets.io.source_guards import SourceReport
 
 SELECTION_ALL = "all"
 SELECTION_LEAST_CLOUDY = "least_cloudy_per_tile_quarter"
