@@ -55,218 +55,50 @@ One compaction at a time (a lock file on local storage; in Dagster the combined-
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import datetime as dt
-import json
 import math
-import os
-import tempfile
 import time
-import uuid
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from stacchip_assets.index.combined import CombinedIndex, CombineReport, _folder, combined_key
-from stacchip_assets.errors import StorageError
-from stacchip_assets.io.geoparquet import INDEX_SCHEMA, with_geo_metadata
 from stacchip_assets.core.ids import validate_id
-from stacchip_assets.io.storage import COMBINED_DIR, FileEntry, Storage
-
-FORMAT = "stacchip-assets/combined-lsm"
-FORMAT_VERSION = 1
-LSM_DIR = f"{COMBINED_DIR}/_lsm"
-MANIFEST_KEY = f"{LSM_DIR}/manifest.json"
-RUNS_DIR = f"{LSM_DIR}/runs"
-
-#: Columns that get Parquet min/max statistics (the ones queries filter on, plus cheap ones).
-STATS_COLUMNS = [
-    "chipid", "date", "chip_index_x", "chip_index_y", "cloud_cover_percentage", "nodata_percentage",
-    "bbox.xmin", "bbox.ymin", "bbox.xmax", "bbox.ymax", "collection", "item_id", "datetime",
-    "chip_size", "chip_stride",
-]
-#: Columns dictionary-encoded (few distinct values per row group).
-DICTIONARY_COLUMNS = ["date", "collection", "item_id", "datetime", "item_href", "chip_size", "chip_stride"]
-
-
-@dataclass(frozen=True)
-class CompactionSettings:
-    """How runs are laid out and merged."""
-
-    #: rows per Parquet row group of a run (the unit of pruning)
-    row_group_rows: int = 65536
-    #: runs below this size are all tier 0; tier k holds runs of base_rows * fanout**(k-1) ... * fanout**k
-    base_rows: int = 65536
-    #: merge the runs of a tier once this many exist
-    fanout: int = 4
-    #: runs of at least this many rows are no longer merged (bounds merge memory and rewrite cost)
-    seal_rows: int = 1 << 20
-    #: rows of pending per-item files buffered per partition before they are written as a run
-    read_batch_rows: int = 1 << 20
-    #: a run whose tombstoned rows pass this fraction is rewritten on its own
-    dead_fraction: float = 0.25
-    #: replaced runs are deleted this long after the manifest stopped listing them
-    grace_seconds: float = 300.0
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> "CompactionSettings":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (values or {}).items() if k in names})
-
-
-@dataclass
-class Run:
-    """One compacted file: the chips of one collection and one year, sorted by a spatial key."""
-
-    key: str
-    collection: str
-    year: int
-    gen: int
-    rows: int
-    bytes: int
-    items: int
-    bbox: list[float]
-    dates: list[str]
-    created: float
-    source_time: float
-
-    @property
-    def items_key(self) -> str:
-        return self.key[: -len(".parquet")] + ".items.json"
-
-    def overlaps(self, boxes: list[tuple[float, float, float, float]] | None, start: dt.date | None, end: dt.date | None) -> bool:
-        if start is not None and self.dates[1] < start.isoformat():
-            return False
-        if end is not None and self.dates[0] > end.isoformat():
-            return False
-        if boxes is None:
-            return True
-        xmin, ymin, xmax, ymax = self.bbox
-        return any(xmax >= b[0] and xmin <= b[2] and ymax >= b[1] and ymin <= b[3] for b in boxes)
-
-
-@dataclass
-class Manifest:
-    """The state of the compacted tier (see the module docstring for the JSON)."""
-
-    generation: int = 0
-    seq: int = 0
-    runs: list[Run] = field(default_factory=list)
-    #: collection -> item_id -> {"seq": int, "replaced": bool | None}
-    pending: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    #: collection -> item_id -> generation: the item's rows in runs with gen < this are dead
-    tombstones: dict[str, dict[str, int]] = field(default_factory=dict)
-    garbage: list[dict[str, Any]] = field(default_factory=list)
-    settings: dict[str, Any] = field(default_factory=dict)
-    updated: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT, "version": FORMAT_VERSION, "generation": self.generation, "seq": self.seq,
-            "runs": [asdict(r) for r in self.runs], "pending": self.pending, "tombstones": self.tombstones,
-            "garbage": self.garbage, "settings": self.settings, "updated": self.updated,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Manifest":
-        if data.get("format") != FORMAT or int(data.get("version", 0)) > FORMAT_VERSION:
-            raise StorageError(f"not a combined-index manifest this version can read (format {data.get('format')!r}, version {data.get('version')!r})")
-        return cls(
-            generation=int(data["generation"]), seq=int(data["seq"]), runs=[Run(**r) for r in data.get("runs", [])],
-            pending=data.get("pending", {}), tombstones=data.get("tombstones", {}), garbage=data.get("garbage", []),
-            settings=data.get("settings", {}), updated=data.get("updated", ""),
-        )
-
-    # -- helpers ---------------------------------------------------------------------------------
-    def pending_items(self) -> set[tuple[str, str]]:
-        return {(c, i) for c, items in self.pending.items() for i in items}
-
-    def pending_count(self) -> int:
-        return sum(len(items) for items in self.pending.values())
-
-    def mark_pending(self, items: Iterable[tuple[str, str]], replaced: dict[tuple[str, str], bool | None] | None = None) -> None:
-        """Give each item a new seq. ``replaced``: True if the item may have rows in runs (its next
-        compaction leaves a tombstone), False if it certainly has none, None if unknown (treated as
-        True); True is sticky until the item is compacted. Without ``replaced`` the value is kept."""
-        for collection, item_id in items:
-            self.seq += 1
-            entries = self.pending.setdefault(collection, {})
-            previous = entries.get(item_id, {}).get("replaced")
-            if replaced is None:
-                value = previous
-            else:
-                value = replaced.get((collection, item_id))
-                if previous is True:
-                    value = True
-            entries[item_id] = {"seq": self.seq, "replaced": value}
-
-    def runs_in(self, collection: str, year: int | None = None) -> list[Run]:
-        return [r for r in self.runs if r.collection == collection and (year is None or r.year == year)]
-
-
-# --------------------------------------------------------------------------------------------------
-# manifest storage
-# --------------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _file_lock(storage: Storage, name: str) -> Iterator[None]:
-    """An exclusive lock between processes on local storage (no-op on S3: one writer is the rule)."""
-    if not storage.is_local:
-        yield
-        return
-    import fcntl
-
-    path = Path(storage.path(f"{LSM_DIR}/.{name}.lock"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def manifest_exists(storage: Storage) -> bool:
-    return storage.exists(MANIFEST_KEY)
-
-
-def load_manifest(storage: Storage) -> Manifest | None:
-    """The manifest, or None if the compacted tier is not enabled for this base."""
-    try:
-        raw = storage.read_bytes(MANIFEST_KEY)
-    except StorageError:
-        if not storage.exists(MANIFEST_KEY):
-            return None
-        raise
-    try:
-        return Manifest.from_json(json.loads(raw))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StorageError(f"{storage.uri(MANIFEST_KEY)} is not a valid manifest: {exc}") from exc
-
-
-def save_manifest(storage: Storage, manifest: Manifest) -> str:
-    """Write the manifest atomically (temporary file + rename locally, one PUT on S3)."""
-    manifest.updated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-    data = (json.dumps(manifest.to_json(), separators=(",", ":"), sort_keys=True) + "\n").encode()
-    return storage.write_bytes(MANIFEST_KEY, data)
-
-
-@contextlib.contextmanager
-def _editing(storage: Storage) -> Iterator[Manifest | None]:
-    """Read-modify-write of the manifest under the manifest lock; saved if the block succeeds."""
-    with _file_lock(storage, "manifest"):
-        manifest = load_manifest(storage)
-        yield manifest
-        if manifest is not None:
-            save_manifest(storage, manifest)
+from stacchip_assets.errors import StorageError
+from stacchip_assets.index.combined import CombinedIndex, combined_key
+from stacchip_assets.index.lsm_manifest import (  # noqa: F401  (re-exported: public names of the tier)
+    FORMAT,
+    FORMAT_VERSION,
+    LSM_DIR,
+    MANIFEST_KEY,
+    RUNS_DIR,
+    CompactionSettings,
+    DeltaLog,
+    Manifest,
+    Run,
+    _editing,
+    _file_lock,
+    load_manifest,
+    manifest_exists,
+    save_manifest,
+)
+from stacchip_assets.index.lsm_runs import (  # noqa: F401  (re-exported)
+    DICTIONARY_COLUMNS,
+    STATS_COLUMNS,
+    _dead_items,
+    _existing,
+    _list_run_files,
+    _read_files,
+    _read_runs,
+    hilbert_index,
+    read_run_items,
+    sort_run,
+    spatial_key,
+    write_run,
+    years_of,
+)
+from stacchip_assets.io.storage import Storage
 
 
 def enable(storage: Storage, settings: CompactionSettings | None = None) -> Manifest:
@@ -309,168 +141,6 @@ def register_items(
     return True
 
 
-class DeltaLog:
-    """How :class:`~stacchip_assets.index.combined.CombinedIndex` registers its updates (two manifest writes
-    per update call: before and after the copies)."""
-
-    def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-
-    @classmethod
-    def if_enabled(cls, storage: Storage) -> "DeltaLog | None":
-        return cls(storage) if manifest_exists(storage) else None
-
-    def begin(self, items: list[tuple[str, str]]) -> None:
-        """Before the copies: the items become pending (read from their per-item files from now on)."""
-        with _editing(self.storage) as manifest:
-            if manifest is None:
-                return
-            #: what each item's entry said before this update ("absent" if it was not pending)
-            self._before = {(c, i): manifest.pending.get(c, {}).get(i, {"replaced": "absent"}).get("replaced") for c, i in items}
-            manifest.mark_pending(items)
-
-    def commit(self, items: list[tuple[str, str]], reports: list[CombineReport]) -> None:
-        """After the copies: a new seq for each item, and whether it can have rows in runs."""
-        before = getattr(self, "_before", {})
-        known: dict[tuple[str, str], bool | None] = {}
-        for item in items:
-            seen = [r for r in reports if item in r.previous_rows_by_item]
-            if any(item in r.existed_before for r in seen):
-                known[item] = True
-            elif seen and before.get(item, None) in ("absent", False):
-                known[item] = False  # no per-item file before, and no unknown earlier registration
-            else:
-                known[item] = None
-        with _editing(self.storage) as manifest:
-            if manifest is not None:
-                manifest.mark_pending(items, known)
-
-
-# --------------------------------------------------------------------------------------------------
-# sort key and run files
-# --------------------------------------------------------------------------------------------------
-
-def hilbert_index(x: np.ndarray, y: np.ndarray, order: int = 16) -> np.ndarray:
-    """Hilbert curve index of integer cell coordinates in [0, 2**order) (vectorized)."""
-    n = np.uint64(1 << order)
-    x = x.astype(np.uint64).copy()
-    y = y.astype(np.uint64).copy()
-    d = np.zeros(len(x), dtype=np.uint64)
-    s = np.uint64(1 << (order - 1))
-    one = np.uint64(1)
-    while s > 0:
-        rx = (x & s) > 0
-        ry = (y & s) > 0
-        d += s * s * ((np.uint64(3) * rx.astype(np.uint64)) ^ ry.astype(np.uint64))
-        # rotate the quadrant
-        flip = (~ry) & rx
-        x = np.where(flip, n - one - x, x)
-        y = np.where(flip, n - one - y, y)
-        swap = ~ry
-        x, y = np.where(swap, y, x), np.where(swap, x, y)
-        s = s // np.uint64(2)
-    return d
-
-
-def spatial_key(table: pa.Table, order: int = 16) -> np.ndarray:
-    """The sort key of a run: Hilbert index of each chip's bbox centre on a 2**order grid over the globe."""
-    bbox = table.column("bbox").combine_chunks() if table.num_rows else None
-    if bbox is None:
-        return np.zeros(0, dtype=np.uint64)
-    cx = (bbox.field("xmin").to_numpy() + bbox.field("xmax").to_numpy()) / 2
-    cy = (bbox.field("ymin").to_numpy() + bbox.field("ymax").to_numpy()) / 2
-    cells = float(1 << order)
-    ix = np.clip(((cx + 180.0) / 360.0 * cells).astype(np.int64), 0, (1 << order) - 1)
-    iy = np.clip(((cy + 90.0) / 180.0 * cells).astype(np.int64), 0, (1 << order) - 1)
-    return hilbert_index(ix, iy, order)
-
-
-def sort_run(table: pa.Table) -> pa.Table:
-    """Rows in run order: spatial key, then date, then chip id (deterministic)."""
-    if table.num_rows <= 1:
-        return table
-    key = spatial_key(table)
-    date = table.column("date").combine_chunks().cast(pa.int32()).to_numpy(zero_copy_only=False)
-    order = np.lexsort((date, key))
-    return table.take(pa.array(order))
-
-
-def years_of(table: pa.Table) -> np.ndarray:
-    days = table.column("date").combine_chunks().cast(pa.int32()).to_numpy(zero_copy_only=False)
-    return days.astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64) + 1970
-
-
-def _run_key(collection: str, year: int, gen: int) -> str:
-    return f"{RUNS_DIR}/{_folder(collection)}/{int(year):04d}/g{gen:08d}-{uuid.uuid4().hex[:12]}.parquet"
-
-
-def _encode(table: pa.Table, sink: Any, row_group_rows: int) -> None:
-    pq.write_table(
-        table, sink, compression="zstd", row_group_size=row_group_rows,
-        write_statistics=STATS_COLUMNS, use_dictionary=DICTIONARY_COLUMNS,
-    )
-
-
-def _write_parquet(storage: Storage, key: str, table: pa.Table, row_group_rows: int) -> int:
-    """Write a run file atomically; returns its size in bytes."""
-    try:
-        if storage.is_local:
-            target = Path(storage.path(key))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            os.close(fd)
-            try:
-                _encode(table, tmp, row_group_rows)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            return target.stat().st_size
-        sink = pa.BufferOutputStream()
-        _encode(table, sink, row_group_rows)
-        data = sink.getvalue().to_pybytes()
-        storage.write_bytes(key, data)
-        return len(data)
-    except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"cannot write the run {storage.uri(key)}: {exc}") from exc
-
-
-def _date_text(days: int) -> str:
-    return (dt.date(1970, 1, 1) + dt.timedelta(days=int(days))).isoformat()
-
-
-def write_run(storage: Storage, table: pa.Table, collection: str, year: int, gen: int,
-              settings: CompactionSettings, source_time: float) -> Run:
-    """Sort a partition's rows and write them as one run (+ its ``.items.json``)."""
-    table = sort_run(table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA))
-    bbox = table.column("bbox").combine_chunks()
-    overall = [
-        float(pc.min(bbox.field("xmin")).as_py()), float(pc.min(bbox.field("ymin")).as_py()),
-        float(pc.max(bbox.field("xmax")).as_py()), float(pc.max(bbox.field("ymax")).as_py()),
-    ]
-    table = with_geo_metadata(table, overall)
-    key = _run_key(collection, year, gen)
-    days = table.column("date").combine_chunks().cast(pa.int32())
-    counts = pc.value_counts(table.column("item_id").combine_chunks())
-    items = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
-    storage.write_bytes(key[: -len(".parquet")] + ".items.json", json.dumps({"items": items}, sort_keys=True).encode())
-    size = _write_parquet(storage, key, table, settings.row_group_rows)
-    return Run(
-        key=key, collection=collection, year=int(year), gen=gen, rows=table.num_rows, bytes=size, items=len(items),
-        bbox=overall, dates=[_date_text(pc.min(days).as_py()), _date_text(pc.max(days).as_py())],
-        created=time.time(), source_time=source_time,
-    )
-
-
-def read_run_items(storage: Storage, run: Run) -> dict[str, int]:
-    """item_id -> rows of one run (its ``.items.json``)."""
-    return dict(storage.read_json(run.items_key)["items"])
-
-
-# --------------------------------------------------------------------------------------------------
-# compaction
-# --------------------------------------------------------------------------------------------------
-
 @dataclass
 class CompactionReport:
     generation: int = 0
@@ -493,64 +163,6 @@ def _tier(rows: int, settings: CompactionSettings) -> int:
     if rows < settings.base_rows:
         return 0
     return 1 + int(math.floor(math.log(rows / settings.base_rows, settings.fanout) + 1e-9))
-
-
-def _dead_items(run: Run, tombstones: dict[str, dict[str, int]]) -> list[str]:
-    return [i for i, t in tombstones.get(run.collection, {}).items() if t > run.gen]
-
-
-def _read_runs(storage: Storage, runs: list[Run], tombstones: dict[str, dict[str, int]]) -> pa.Table:
-    """The live rows of some runs (tombstoned rows dropped)."""
-    tables = []
-    for run in runs:
-        try:
-            table = pq.read_table(storage.path(run.key), filesystem=storage.fs, schema=INDEX_SCHEMA)
-        except (OSError, pa.ArrowException) as exc:
-            raise StorageError(f"cannot read the run {storage.uri(run.key)}: {exc}") from exc
-        dead = _dead_items(run, tombstones)
-        if dead:
-            table = table.filter(pc.invert(pc.is_in(table.column("item_id"), value_set=pa.array(dead, pa.string()))))
-        tables.append(table.replace_schema_metadata(None))
-    return pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
-
-
-def _existing(storage: Storage, keys: list[str]) -> list[str]:
-    if not keys:
-        return []
-    try:
-        infos = storage.fs.get_file_info([storage.path(k) for k in keys])
-    except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"cannot stat the per-item files of the combined index: {exc}") from exc
-    return [k for k, info in zip(keys, infos) if info.type == pafs.FileType.File]
-
-
-def _read_files(storage: Storage, keys: list[str]) -> pa.Table:
-    try:
-        dataset = pads.dataset([storage.path(k) for k in keys], schema=INDEX_SCHEMA, format="parquet", filesystem=storage.fs)
-        return dataset.to_table().replace_schema_metadata(None)
-    except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"cannot read per-item files of the combined index: {exc}") from exc
-
-
-def _list_run_files(storage: Storage) -> list[FileEntry]:
-    """Every run file under ``_lsm/runs/`` (``Storage.list_files`` hides the whole ``_lsm`` folder,
-    as it hides every ``_`` or ``.`` name); temporaries (``.name.*.tmp``) are skipped."""
-    selector = pafs.FileSelector(storage.path(RUNS_DIR), recursive=True, allow_not_found=True)
-    try:
-        infos = storage.fs.get_file_info(selector)
-    except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"cannot list the runs under {storage.uri(RUNS_DIR)}: {exc}") from exc
-    prefix = storage.path(RUNS_DIR).rstrip("/") + "/"
-    out = []
-    for info in infos:
-        if info.type != pafs.FileType.File or not info.path.endswith(".parquet") or not info.path.startswith(prefix):
-            continue
-        relative = info.path[len(prefix):]
-        if any(part.startswith(".") for part in relative.split("/")):
-            continue
-        mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
-        out.append(FileEntry(key=f"{RUNS_DIR}/{relative}", size=int(info.size or 0), mtime=mtime))
-    return out
 
 
 def compact(
