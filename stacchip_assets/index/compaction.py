@@ -165,6 +165,220 @@ def _tier(rows: int, settings: CompactionSettings) -> int:
     return 1 + int(math.floor(math.log(rows / settings.base_rows, settings.fanout) + 1e-9))
 
 
+@dataclass
+class _Pass:
+    """The working state of one compaction: what it took from the manifest and what it wrote."""
+
+    storage: Storage
+    settings: CompactionSettings
+    gen: int
+    started: float
+    full: bool
+    wanted: set[str] | None
+    #: (collection, item_id) -> the pending entry this compaction folds (its seq decides the commit)
+    snapshot: dict[tuple[str, str], dict[str, Any]]
+    tombstones: dict[str, dict[str, int]]
+    runs: list[Run]
+    report: CompactionReport
+    new_runs: list[Run] = field(default_factory=list)
+    obsolete: list[Run] = field(default_factory=list)
+    membership: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def live(self) -> list[Run]:
+        return [r for r in self.runs + self.new_runs if r not in self.obsolete]
+
+    def partition(self, collection: str, year: int) -> list[Run]:
+        return [r for r in self.live() if r.collection == collection and r.year == year]
+
+    def items_of(self, run: Run) -> dict[str, int]:
+        """item_id -> rows of a run (its ``.items.json``, read once per compaction)."""
+        if run.key not in self.membership:
+            self.membership[run.key] = read_run_items(self.storage, run)
+        return self.membership[run.key]
+
+
+def _plan(storage: Storage, manifest: Manifest, collections: Iterable[str] | None, full: bool,
+          settings: CompactionSettings, started: float) -> _Pass:
+    """Snapshot the pending items (of `collections`) and the tombstones their compaction adds."""
+    wanted = None if collections is None else {validate_id(c, "collection") for c in collections}
+    gen = manifest.generation + 1
+    report = CompactionReport(generation=gen)
+    snapshot = {
+        (c, i): dict(entry) for c, items in manifest.pending.items() if wanted is None or c in wanted
+        for i, entry in items.items()
+    }
+    tombstones = copy.deepcopy(manifest.tombstones)
+    for (c, i), entry in snapshot.items():
+        if entry.get("replaced") is not False:
+            tombstones.setdefault(c, {})[i] = max(gen, tombstones.get(c, {}).get(i, 0))
+            report.tombstones_added += 1
+    report.items_compacted = len(snapshot)
+    return _Pass(storage=storage, settings=settings, gen=gen, started=started, full=full, wanted=wanted,
+                 snapshot=snapshot, tombstones=tombstones, runs=list(manifest.runs), report=report)
+
+
+def _fold_collection(job: _Pass, collection: str, item_ids: list[str]) -> set[tuple[str, int]]:
+    """Step 1 for one collection: its pending per-item files, read 256 at a time, buffered per year
+    and written as new runs of at most about ``read_batch_rows`` rows. Returns the partitions touched."""
+    keys = _existing(job.storage, [combined_key(collection, i) for i in item_ids])
+    buffers: dict[int, list[pa.Table]] = {}
+    buffered: dict[int, int] = {}
+    touched: set[tuple[str, int]] = set()
+
+    def flush(year: int) -> None:
+        table = pa.concat_tables(buffers.pop(year))
+        buffered.pop(year)
+        run = write_run(job.storage, table, collection, year, job.gen, job.settings, job.started)
+        job.new_runs.append(run)
+        touched.add((collection, year))
+        job.report.rows_written += run.rows
+
+    for start in range(0, len(keys), 256):
+        table = _read_files(job.storage, keys[start:start + 256])
+        job.report.delta_rows += table.num_rows
+        years = years_of(table)
+        distinct = np.unique(years)
+        for year in (int(y) for y in distinct):
+            part = table.filter(pa.array(years == year)) if len(distinct) > 1 else table
+            buffers.setdefault(year, []).append(part)
+            buffered[year] = buffered.get(year, 0) + part.num_rows
+            if buffered[year] >= job.settings.read_batch_rows:
+                flush(year)
+    for year in sorted(buffers):
+        flush(year)
+    return touched
+
+
+def _fold_pending(job: _Pass) -> set[tuple[str, int]]:
+    """Step 1: pending per-item files -> new runs, collection by collection; the partitions touched
+    (with ``full``, every partition of the wanted collections)."""
+    by_collection: dict[str, list[str]] = {}
+    for c, i in sorted(job.snapshot):
+        by_collection.setdefault(c, []).append(i)
+    touched: set[tuple[str, int]] = set()
+    for collection, item_ids in by_collection.items():
+        touched |= _fold_collection(job, collection, item_ids)
+    if job.full:
+        touched |= {(r.collection, r.year) for r in job.runs if job.wanted is None or r.collection in job.wanted}
+    # removed items may live in partitions no new run lands in: their dead fraction is checked later
+    return touched
+
+
+def _merge(job: _Pass, group: list[Run], collection: str, year: int) -> None:
+    """Rewrite `group` as new runs of its live rows (tombstoned rows dropped); `group` becomes obsolete.
+    With ``full``, a merge larger than ``seal_rows`` is cut into several sealed runs along the curve."""
+    table = _read_runs(job.storage, group, job.tombstones)
+    job.report.rows_read_from_runs += sum(r.rows for r in group)
+    if table.num_rows:
+        table = sort_run(table)
+        pieces = max(1, math.ceil(table.num_rows / max(job.settings.seal_rows, 1))) if job.full else 1
+        step = math.ceil(table.num_rows / pieces)
+        for start in range(0, table.num_rows, step):
+            run = write_run(job.storage, table.slice(start, step), collection, year, job.gen, job.settings, job.started)
+            job.new_runs.append(run)
+            job.report.rows_written += run.rows
+    job.obsolete.extend(group)
+
+
+def _merge_tiers(job: _Pass, collection: str, year: int) -> None:
+    """Size-tiered merging of one partition: merge the lowest full tier (``fanout`` runs below
+    ``seal_rows``) until no tier is full."""
+    while True:
+        tiers: dict[int, list[Run]] = {}
+        for r in job.partition(collection, year):
+            if r.rows < job.settings.seal_rows:
+                tiers.setdefault(_tier(r.rows, job.settings), []).append(r)
+        full_tiers = [t for t, group in tiers.items() if len(group) >= job.settings.fanout]
+        if not full_tiers:
+            return
+        _merge(job, sorted(tiers[min(full_tiers)], key=lambda r: r.gen), collection, year)
+        job.report.merges += 1
+
+
+def _merge_partitions(job: _Pass, touched: set[tuple[str, int]]) -> None:
+    """Step 2: merges in the touched partitions (``full``: each partition into as few runs as sealing allows)."""
+    for collection, year in sorted(touched):
+        if job.full:
+            current = job.partition(collection, year)
+            if len(current) > 1 or any(_dead_items(r, job.tombstones) for r in current):
+                _merge(job, current, collection, year)
+                job.report.merges += 1
+            continue
+        _merge_tiers(job, collection, year)
+        job.report.partitions.append((collection, year))
+    if job.full:
+        job.report.partitions = sorted(touched)
+
+
+def _apply_tombstones(job: _Pass) -> dict[str, dict[str, int]]:
+    """Step 3: rewrite the runs that are mostly dead; returns the tombstones no older run needs."""
+    for collection, tombs in job.tombstones.items():
+        if not tombs:
+            continue
+        newest = max(tombs.values())
+        for run in [r for r in job.live() if r.collection == collection and r.gen < newest]:
+            dead = [i for i in _dead_items(run, job.tombstones) if i in job.items_of(run)]
+            dead_rows = sum(job.items_of(run)[i] for i in dead)
+            if dead_rows and dead_rows >= job.settings.dead_fraction * run.rows:
+                _merge(job, [run], collection, run.year)
+                job.report.rewrites += 1
+    live = job.live()
+    dropped: dict[str, dict[str, int]] = {}
+    for collection, tombs in job.tombstones.items():
+        older = [r for r in live if r.collection == collection]
+        for item_id, tomb in list(tombs.items()):
+            if not any(r.gen < tomb and item_id in job.items_of(r) for r in older):
+                dropped.setdefault(collection, {})[item_id] = tomb
+    job.report.tombstones_dropped = sum(len(v) for v in dropped.values())
+    return dropped
+
+
+def _commit(job: _Pass, dropped: dict[str, dict[str, int]], now: float) -> tuple[Manifest, list[dict[str, Any]]]:
+    """Step 4: one atomic manifest write (runs swapped, folded pending entries cleared unless updated
+    meanwhile, tombstones, garbage). Returns the manifest written and the garbage now expired."""
+    job.report.runs_written = [r.key for r in job.new_runs if r not in job.obsolete]
+    job.report.runs_replaced = [r.key for r in job.obsolete if r in job.runs]
+    obsolete_keys = {r.key for r in job.obsolete}
+    with _editing(job.storage) as manifest:
+        if manifest is None:
+            raise StorageError(f"{job.storage.uri(MANIFEST_KEY)} disappeared during compaction")
+        manifest.runs = [r for r in manifest.runs if r.key not in obsolete_keys]
+        manifest.runs += [r for r in job.new_runs if r.key not in obsolete_keys]
+        for (c, i), entry in job.snapshot.items():
+            now_entry = manifest.pending.get(c, {}).get(i)
+            if now_entry is not None and now_entry.get("seq") == entry.get("seq"):
+                del manifest.pending[c][i]
+                if not manifest.pending[c]:
+                    del manifest.pending[c]
+        # only compactions (one at a time) change tombstones: ours are the current ones
+        manifest.tombstones = {
+            c: kept for c, tombs in job.tombstones.items()
+            if (kept := {i: t for i, t in tombs.items() if dropped.get(c, {}).get(i) != t})
+        }
+        manifest.generation = job.gen
+        manifest.settings = asdict(job.settings)
+        manifest.garbage += [{"key": r.key, "since": now} for r in job.obsolete if r in job.runs]
+        grace = job.settings.grace_seconds
+        expired = [g for g in manifest.garbage if now - g["since"] >= grace]
+        manifest.garbage = [g for g in manifest.garbage if now - g["since"] < grace]
+    return manifest, expired
+
+
+def _delete_unlisted(job: _Pass, manifest: Manifest, expired: list[dict[str, Any]], now: float) -> None:
+    """Step 5 (after the commit): delete expired garbage, runs written and merged again in this
+    compaction, and run files no manifest lists (left by crashed compactions) older than the grace."""
+    orphans = [r.key for r in job.obsolete if r not in job.runs]
+    listed = {r.key for r in manifest.runs} | {g["key"] for g in manifest.garbage}
+    leftovers = [
+        e.key for e in _list_run_files(job.storage)
+        if e.key not in listed and now - e.mtime >= max(job.settings.grace_seconds, 0.0)
+        and e.key not in job.report.runs_written
+    ]
+    for key in [g["key"] for g in expired] + orphans + leftovers:
+        for k in (key, key[: -len(".parquet")] + ".items.json"):
+            job.report.files_deleted += int(job.storage.delete(k))
+
+
 def compact(
     storage: Storage | str | None = None,
     collections: Iterable[str] | None = None,
@@ -181,173 +395,17 @@ def compact(
     """
     storage = storage if isinstance(storage, Storage) else Storage(storage)
     started = time.time()
-    report = CompactionReport()
     with _file_lock(storage, "compact"):
         manifest = load_manifest(storage) or enable(storage, settings)
         settings = settings or CompactionSettings.from_dict(manifest.settings)
-        wanted = None if collections is None else {validate_id(c, "collection") for c in collections}
-        gen = manifest.generation + 1
-        report.generation = gen
-        snapshot = {
-            (c, i): dict(entry) for c, items in manifest.pending.items() if wanted is None or c in wanted
-            for i, entry in items.items()
-        }
-        tombstones = copy.deepcopy(manifest.tombstones)
-        for (c, i), entry in snapshot.items():
-            if entry.get("replaced") is not False:
-                tombstones.setdefault(c, {})[i] = max(gen, tombstones.get(c, {}).get(i, 0))
-                report.tombstones_added += 1
-        report.items_compacted = len(snapshot)
-
-        runs = list(manifest.runs)
-        new_runs: list[Run] = []
-        obsolete: list[Run] = []
-
-        # 1. pending per-item files -> new runs, partition by partition
-        touched: set[tuple[str, int]] = set()
-        by_collection: dict[str, list[str]] = {}
-        for c, i in sorted(snapshot):
-            by_collection.setdefault(c, []).append(i)
-        for collection, item_ids in by_collection.items():
-            keys = _existing(storage, [combined_key(collection, i) for i in item_ids])
-            buffers: dict[int, list[pa.Table]] = {}
-            buffered: dict[int, int] = {}
-
-            def flush(year: int) -> None:
-                table = pa.concat_tables(buffers.pop(year))
-                buffered.pop(year)
-                run = write_run(storage, table, collection, year, gen, settings, started)
-                new_runs.append(run)
-                touched.add((collection, year))
-                report.rows_written += run.rows
-
-            batch: list[str] = []
-            for n, key in enumerate(keys):
-                batch.append(key)
-                if len(batch) < 256 and n < len(keys) - 1:
-                    continue
-                table = _read_files(storage, batch)
-                batch = []
-                report.delta_rows += table.num_rows
-                years = years_of(table)
-                for year in np.unique(years):
-                    part = table.filter(pa.array(years == year)) if len(np.unique(years)) > 1 else table
-                    buffers.setdefault(int(year), []).append(part)
-                    buffered[int(year)] = buffered.get(int(year), 0) + part.num_rows
-                    if buffered[int(year)] >= settings.read_batch_rows:
-                        flush(int(year))
-            for year in sorted(buffers):
-                flush(year)
-        if full:
-            touched |= {(r.collection, r.year) for r in runs if wanted is None or r.collection in wanted}
-        # removed items may live in partitions no new run lands in: their dead fraction is checked below
-
-        # 2. merges in the touched partitions
-        def merge(group: list[Run], collection: str, year: int) -> list[Run]:
-            table = _read_runs(storage, group, tombstones)
-            report.rows_read_from_runs += sum(r.rows for r in group)
-            out: list[Run] = []
-            if table.num_rows:
-                table = sort_run(table)
-                # a merge larger than seal_rows is cut into several sealed runs along the curve
-                pieces = max(1, math.ceil(table.num_rows / max(settings.seal_rows, 1))) if full else 1
-                step = math.ceil(table.num_rows / pieces)
-                for start in range(0, table.num_rows, step):
-                    run = write_run(storage, table.slice(start, step), collection, year, gen, settings, started)
-                    out.append(run)
-                    report.rows_written += run.rows
-            obsolete.extend(group)
-            return out
-
-        for collection, year in sorted(touched):
-            current = [r for r in runs + new_runs if r.collection == collection and r.year == year and r not in obsolete]
-            if full:
-                if len(current) > 1 or any(_dead_items(r, tombstones) for r in current):
-                    new_runs.extend(merge(current, collection, year))
-                    report.merges += 1
-                continue
-            while True:
-                current = [r for r in runs + new_runs if r.collection == collection and r.year == year and r not in obsolete]
-                tiers: dict[int, list[Run]] = {}
-                for r in current:
-                    if r.rows < settings.seal_rows:
-                        tiers.setdefault(_tier(r.rows, settings), []).append(r)
-                full_tiers = [t for t, group in tiers.items() if len(group) >= settings.fanout]
-                if not full_tiers:
-                    break
-                tier = min(full_tiers)
-                new_runs.extend(merge(sorted(tiers[tier], key=lambda r: r.gen), collection, year))
-                report.merges += 1
-            report.partitions.append((collection, year))
-        if full:
-            report.partitions = sorted(touched)
-
-        # 3. tombstones: rewrite runs that are mostly dead, drop tombstones no older run needs
-        live = [r for r in runs + new_runs if r not in obsolete]
-        membership: dict[str, dict[str, int]] = {}
-
-        def items_of(run: Run) -> dict[str, int]:
-            if run.key not in membership:
-                membership[run.key] = read_run_items(storage, run)
-            return membership[run.key]
-
-        for collection, tombs in tombstones.items():
-            if not tombs:
-                continue
-            newest = max(tombs.values())
-            for run in [r for r in live if r.collection == collection and r.gen < newest]:
-                dead = [i for i in _dead_items(run, tombstones) if i in items_of(run)]
-                dead_rows = sum(items_of(run)[i] for i in dead)
-                if dead_rows and dead_rows >= settings.dead_fraction * run.rows:
-                    new_runs.extend(merge([run], collection, run.year))
-                    report.rewrites += 1
-        live = [r for r in runs + new_runs if r not in obsolete]
-        dropped: dict[str, dict[str, int]] = {}
-        for collection, tombs in tombstones.items():
-            older = [r for r in live if r.collection == collection]
-            for item_id, tomb in list(tombs.items()):
-                if not any(r.gen < tomb and item_id in items_of(r) for r in older):
-                    dropped.setdefault(collection, {})[item_id] = tomb
-        report.tombstones_dropped = sum(len(v) for v in dropped.values())
-
-        # 4. commit: one atomic manifest write
-        report.runs_written = [r.key for r in new_runs if r not in obsolete]
-        report.runs_replaced = [r.key for r in obsolete if r in runs]
-        orphans = [r for r in obsolete if r not in runs]  # written and merged again in this compaction
+        job = _plan(storage, manifest, collections, full, settings, started)
+        _merge_partitions(job, _fold_pending(job))
+        dropped = _apply_tombstones(job)
         now = time.time()
-        with _editing(storage) as current_manifest:
-            if current_manifest is None:
-                raise StorageError(f"{storage.uri(MANIFEST_KEY)} disappeared during compaction")
-            obsolete_keys = {r.key for r in obsolete}
-            current_manifest.runs = [r for r in current_manifest.runs if r.key not in obsolete_keys]
-            current_manifest.runs += [r for r in new_runs if r.key not in obsolete_keys]
-            for (c, i), entry in snapshot.items():
-                now_entry = current_manifest.pending.get(c, {}).get(i)
-                if now_entry is not None and now_entry.get("seq") == entry.get("seq"):
-                    del current_manifest.pending[c][i]
-                    if not current_manifest.pending[c]:
-                        del current_manifest.pending[c]
-            # only compactions (one at a time) change tombstones: ours are the current ones
-            current_manifest.tombstones = {
-                c: kept for c, tombs in tombstones.items()
-                if (kept := {i: t for i, t in tombs.items() if dropped.get(c, {}).get(i) != t})
-            }
-            current_manifest.generation = gen
-            current_manifest.settings = asdict(settings)
-            current_manifest.garbage += [{"key": r.key, "since": now} for r in obsolete if r in runs]
-            expired = [g for g in current_manifest.garbage if now - g["since"] >= settings.grace_seconds]
-            current_manifest.garbage = [g for g in current_manifest.garbage if now - g["since"] < settings.grace_seconds]
-        # 5. delete what no manifest lists any more (after the commit), and files of crashed compactions
-        listed = {r.key for r in current_manifest.runs} | {g["key"] for g in current_manifest.garbage}
-        leftovers = [
-            e.key for e in _list_run_files(storage)
-            if e.key not in listed and now - e.mtime >= max(settings.grace_seconds, 0.0) and e.key not in report.runs_written
-        ]
-        for key in [g["key"] for g in expired] + [r.key for r in orphans] + leftovers:
-            for k in (key, key[: -len(".parquet")] + ".items.json"):
-                report.files_deleted += int(storage.delete(k))
-    report.seconds = time.time() - started
-    return report
+        written, expired = _commit(job, dropped, now)
+        _delete_unlisted(job, written, expired, now)
+    job.report.seconds = time.time() - started
+    return job.report
 
 
 def refresh(storage: Storage | str | None = None) -> list[tuple[str, str]]:
