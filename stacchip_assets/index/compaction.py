@@ -58,8 +58,9 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -431,8 +432,8 @@ def refresh(storage: Storage | str | None = None) -> list[tuple[str, str]]:
     for key, entry in entries.items():
         if key in pending:
             continue
-        run = newest.get(key)
-        if run is None or entry.mtime >= run.source_time - margin:
+        compacted = newest.get(key)
+        if compacted is None or entry.mtime >= compacted.source_time - margin:
             stale.append(key)
     stale += [key for key in newest if key not in entries and key not in pending]
     stale = sorted(set(stale))

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from stacchip_assets.errors import StorageError
 from stacchip_assets.index.combined_layout import CombineReport
@@ -45,7 +46,7 @@ class CompactionSettings:
     grace_seconds: float = 300.0
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> "CompactionSettings":
+    def from_dict(cls, values: dict[str, Any] | None) -> CompactionSettings:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in (values or {}).items() if k in names})
 
@@ -104,7 +105,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Manifest":
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
         if data.get("format") != FORMAT or int(data.get("version", 0)) > FORMAT_VERSION:
             raise StorageError(f"not a combined-index manifest this version can read (format {data.get('format')!r}, version {data.get('version')!r})")
         return cls(
@@ -201,7 +202,7 @@ class DeltaLog:
         self.storage = storage
 
     @classmethod
-    def if_enabled(cls, storage: Storage) -> "DeltaLog | None":
+    def if_enabled(cls, storage: Storage) -> DeltaLog | None:
         return cls(storage) if manifest_exists(storage) else None
 
     def begin(self, items: list[tuple[str, str]]) -> None:
