@@ -15,11 +15,12 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def temp_name() -> str:
 
 def _is_stale(entry: os.DirEntry, host: str, now: float) -> bool:
     match = _TMP_NAME.match(entry.name)
-    if match is None or not entry.is_file(follow_symlinks=False):
+    if match is None or entry.is_symlink():
         return False
     if match["host"] == host:
         return not _process_alive(int(match["pid"]))
@@ -69,18 +70,22 @@ def _is_stale(entry: os.DirEntry, host: str, now: float) -> bool:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
-    """Delete the temporaries in `folder` whose writer is dead: same host and no such process, or
+    """Delete the temporaries (files, or staging folders of :func:`atomic_directory`) named
+    ``[.]{host}.{pid}.{random}.tmp`` in `folder` whose writer is dead: same host and no such process, or
     another host and older than FOREIGN_TMP_MAX_AGE_SECONDS. Returns the names removed."""
     removed: list[str] = []
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(os.fspath(folder)))
     except FileNotFoundError:
         return removed
     host, now = _host_tag(), time.time()
     for entry in entries:
         if _is_stale(entry, host, now):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
                 removed.append(entry.name)
     if removed:
         log.info("removed %d temporaries of killed writers from %s", len(removed), folder)
@@ -111,14 +116,40 @@ def atomic_path(path: str | os.PathLike, tmp_dir: str | os.PathLike | None = Non
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, tmp_dir: str | os.PathLike | None = None) -> str:
-    """Write `data` to the local file `path` atomically (see :func:`atomic_path`); returns the path."""
+    """Write `data` to the local file `path` atomically (see :func:`atomic_path`); returns the path.
+    (S3 objects need no temporary: ``Storage.write_bytes`` sends them in one PUT.)"""
     with atomic_path(path, tmp_dir) as tmp:
         with open(tmp, "wb") as handle:
             handle.write(data)
     return str(path)
 
 
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A staging folder for the folder `path`: fill it inside the block; on a clean exit it takes the
+    place of `path`, on an error it is removed. The staging folder is a hidden sibling
+    ``.{host}.{pid}.{random}.tmp`` (same filesystem); a previous `path` is renamed aside and deleted
+    after the swap, so readers see the old folder or the new one (for a moment, none). Checks such as
+    "refuse to replace a foreign folder" belong inside the block, where raising discards the stage."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = target.parent / f".{temp_name()}"
+    stage.mkdir()
+    try:
+        yield stage
+        old = None
+        if target.exists() or target.is_symlink():
+            old = target.parent / f".{temp_name()}"
+            os.replace(target, old)
+        os.replace(stage, target)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 __all__ = [
-    "FOREIGN_TMP_MAX_AGE_SECONDS", "TMP_DIR", "atomic_path", "atomic_write_bytes", "remove_stale_temporaries",
+    "FOREIGN_TMP_MAX_AGE_SECONDS", "TMP_DIR", "atomic_directory", "atomic_path", "atomic_write_bytes", "remove_stale_temporaries",
     "temp_name",
 ]

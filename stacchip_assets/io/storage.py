@@ -9,16 +9,15 @@ explicitly or found the usual way). The layout is stacchip's, so existing toolin
     {base}/combined/{collection}/{item_id}.parquet                    combined index (see combine.py)
     {base}/item_sets/{collection}.json                                the items a search selected
 
-Every write is atomic: local files are written to a temporary file in the hidden folder
-``{base}/.tmp/`` (same filesystem, so the rename over the target is atomic) named
-``{host}.{pid}.{random}.tmp``; a writer killed mid-write leaves its temporary there, and the next
+Every write is atomic (:mod:`stacchip_assets.io.atomic`): local files are written to a temporary
+file in the hidden folder ``{base}/.tmp/`` (same filesystem, so the rename over the target is atomic)
+named ``{host}.{pid}.{random}.tmp``; a writer killed mid-write leaves its temporary there, and the next
 Storage that writes to the base removes the temporaries whose writer process is dead (same host) or
 that are older than a day (another host), without listing any other folder. S3 objects arrive in a
-single PUT. Readers skip every hidden path. Collection and item ids are validated with
+single PUT (:mod:`stacchip_assets.io.s3`). Readers skip every hidden path. Collection and item ids are validated with
 :func:`stacchip_assets.core.ids.validate_id` before they become paths or keys.
 
-Transient S3 errors (5xx, throttling, dropped connections) are retried with backoff, a bounded
-number of attempts (``max_attempts``, boto3's and pyarrow's "standard" retry modes).
+Transient S3 errors are retried with backoff, a bounded number of attempts (``max_attempts``).
 Item JSON is stored without credentials: signed asset/link hrefs lose their tokens
 (:func:`stacchip_assets.core.hrefs.strip_credentials`).
 """
@@ -46,6 +45,7 @@ from stacchip_assets.io.atomic import (  # noqa: F401  (re-exported: the old hom
     FOREIGN_TMP_MAX_AGE_SECONDS,
     TMP_DIR,
     atomic_path,
+    atomic_write_bytes,
     remove_stale_temporaries,
     temp_name,
 )
@@ -233,7 +233,7 @@ class Storage:
     def staged_path(self, key: str) -> Iterator[str]:
         """A temporary local path for `key` in ``{base}/.tmp``: write the file there inside the block;
         on a clean exit it is renamed over the key's file (atomic), on an error it is removed. For
-        writers that want a path (pyarrow, zipfile); :meth:`write_bytes` uses it."""
+        writers that want a path (pyarrow, zipfile); see :func:`stacchip_assets.io.atomic.atomic_path`."""
         if not self.is_local:
             raise StorageError(f"cannot stage {self.uri(key)}: not a local base")
         with atomic_path(self.path(key), tmp_dir=self.temp_dir()) as tmp:
@@ -244,9 +244,7 @@ class Storage:
         path = self.path(key)
         try:
             if self.is_local:
-                with self.staged_path(key) as tmp:
-                    with open(tmp, "wb") as handle:
-                        handle.write(data)
+                atomic_write_bytes(path, data, tmp_dir=self.temp_dir())
             else:
                 self._put_object(path, data)
         except (OSError, pa.ArrowException) as exc:
