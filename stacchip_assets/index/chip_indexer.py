@@ -31,6 +31,7 @@ from stacchip_assets.io.geoparquet import build_index_table, empty_index_table
 from stacchip_assets.core.grid import ChipGrid
 from stacchip_assets.core.hrefs import HrefPolicy
 from stacchip_assets.core.limits import ReadLimits
+from stacchip_assets.io.settings import read_limits
 from stacchip_assets.io.raster import open_asset, read_band, read_window
 from stacchip_assets.core.stac import asset_href, check_asset_matches_metadata, chip_grid_source, item_crs, item_datetime, raster_asset_keys, same_crs
 
@@ -62,7 +63,7 @@ class ChipIndexer:
     ) -> None:
         self.item = item
         self.href_policy = href_policy
-        self.limits = limits if limits is not None else ReadLimits.from_env()
+        self.limits = limits if limits is not None else read_limits()
         if href_policy is not None:  # refuse an untrusted item up front, also when no pixel of it is read (NoStats)
             for key in raster_asset_keys(item):
                 asset_href(item, key, policy=href_policy)

@@ -39,7 +39,7 @@ from stacchip_assets.index.combined import CombinedIndex
 from stacchip_assets.errors import StacchipError, StorageError
 from stacchip_assets.core.hrefs import HrefPolicy, default_read_policy
 from stacchip_assets.index.chip_indexer import ChipIndexer, NoStatsChipIndexer
-from stacchip_assets.core.limits import read_limits
+from stacchip_assets.io.settings import read_limits
 from stacchip_assets.io.storage import Storage
 
 ROW_FIELDS = ("item_href", "chip_index_x", "chip_index_y", "chip_size", "chip_stride")

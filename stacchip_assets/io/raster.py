@@ -38,7 +38,8 @@ from rasterio.windows import Window
 
 from stacchip_assets.errors import AssetReadError, HrefPolicyError, StacchipError
 from stacchip_assets.core.hrefs import HrefPolicy, gdal_syntax_problem, redact_credentials, strip_credentials
-from stacchip_assets.core.limits import ReadLimits, read_limits
+from stacchip_assets.core.limits import ReadLimits
+from stacchip_assets.io.settings import read_limits
 
 
 class RefusedRasterError(AssetReadError, HrefPolicyError):
@@ -267,7 +268,7 @@ def open_asset(href: str, *, item_id: str | None = None, asset_key: str | None =
     policy is given, and GDAL then reads that same open file (``/dev/fd/N``), so swapping the path
     afterwards changes nothing. URLs go through the signer of the current :func:`gdal_env`. Every open
     is limited to ALLOWED_DRIVERS, and a tile larger than ``limits.max_tile_pixels`` (default
-    :func:`stacchip_assets.core.limits.read_limits`) is a ResourceLimitError before any pixel is read.
+    :func:`stacchip_assets.io.settings.read_limits`) is a ResourceLimitError before any pixel is read.
     """
     problem = gdal_syntax_problem(href)
     if problem:

@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 import pystac
 
 from stacchip_assets.errors import InvalidIdentifierError, StorageError
+from stacchip_assets.io import settings
 from stacchip_assets.io.geoparquet import read_index, with_geo_metadata, write_index
 from stacchip_assets.core.hrefs import strip_credentials
 from stacchip_assets.core.ids import validate_id
@@ -51,7 +52,7 @@ from stacchip_assets.core.ids import validate_id
 log = logging.getLogger(__name__)
 
 #: Environment variable naming the default storage base.
-STORAGE_BASE_ENV = "STACCHIP_STORAGE_BASE"
+STORAGE_BASE_ENV = settings.STORAGE_BASE_ENV
 ITEM_FILENAME = "stac_item.json"
 INDEX_DIR = "index"
 COMBINED_DIR = "combined"
@@ -124,14 +125,9 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
 
 
 def default_base() -> str:
-    """``$STACCHIP_STORAGE_BASE``, else ``$DAGSTER_HOME/stacchip``, else ``./.dagster_home/stacchip``."""
-    explicit = os.environ.get(STORAGE_BASE_ENV)
-    if explicit:
-        return explicit
-    home = os.environ.get("DAGSTER_HOME")
-    if home:
-        return str(Path(home).expanduser().absolute() / "stacchip")
-    return str(Path(".dagster_home").absolute() / "stacchip")
+    """``$STACCHIP_STORAGE_BASE``, else ``$DAGSTER_HOME/stacchip``, else ``./.dagster_home/stacchip``
+    (read by `io.settings`, the one module that reads STACCHIP_* variables)."""
+    return settings.default_base()
 
 
 @dataclass(frozen=True)

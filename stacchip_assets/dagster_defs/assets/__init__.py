@@ -17,7 +17,7 @@ from dagster import AssetsDefinition, StaticPartitionsDefinition
 
 from stacchip_assets.dagster_defs.assets.batch import index_batch
 from stacchip_assets.dagster_defs.assets.chip_index import (
-    BACKFILL_PARTITIONS_PER_RUN_ENV,
+    BACKFILL_PARTITIONS_PER_RUN_ENV,  # noqa: F401 (re-exported)
     DEFAULT_BACKFILL_PARTITIONS_PER_RUN,
     backfill_partitions_per_run,
     build_chip_index,
@@ -50,13 +50,17 @@ from stacchip_assets.dagster_defs.assets.common import (
 from stacchip_assets.dagster_defs.assets.metadata import chip_index_metadata
 from stacchip_assets.dagster_defs.assets.stac_items import build_stac_items
 from stacchip_assets.dagster_defs.presets import CollectionConfig
+from stacchip_assets.io.settings import Settings
 
 
-def build_assets(collections: list[CollectionConfig]) -> tuple[AssetsDefinition, AssetsDefinition, AssetsDefinition]:
-    """The assets for the configured collections: (stac_items, chip_index, combined_index)."""
+def build_assets(collections: list[CollectionConfig], settings: Settings | None = None,
+                 ) -> tuple[AssetsDefinition, AssetsDefinition, AssetsDefinition]:
+    """The assets for the configured collections: (stac_items, chip_index, combined_index);
+    `settings` (default: `load_settings()`) sets the backfill batch size."""
     by_collection = {c.collection: c for c in collections}
     collection_partitions = StaticPartitionsDefinition([c.collection for c in collections])
-    return build_stac_items(by_collection, collection_partitions), build_chip_index(by_collection), build_combined_index()
+    return (build_stac_items(by_collection, collection_partitions), build_chip_index(by_collection, settings),
+            build_combined_index())
 
 
 __all__ = [

@@ -5,7 +5,6 @@ holds ``/``. A run indexes its item (`index.item_index`), writes its GeoParquet 
 reports the checks inline (one step per run); a backfill run over many partitions goes to `batch`.
 """
 
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,25 +44,16 @@ from stacchip_assets.dagster_defs.resources import ChipSettingsResource, StacSou
 from stacchip_assets.dagster_defs.runtime import CHIP_INDEX_MAX_RUNTIME_SECONDS, protect_run
 from stacchip_assets.errors import StacchipError
 from stacchip_assets.index.item_index import ItemIndexResult, index_item
+from stacchip_assets.io.settings import BACKFILL_PARTITIONS_PER_RUN_ENV, Settings, load_settings  # noqa: F401 (re-exported)
 
 #: Partitions per run of a chip_index backfill (``BackfillPolicy.multi_run``); each run indexes its
 #: items one after the other in one process, so 100 items cost one run start instead of 100.
-BACKFILL_PARTITIONS_PER_RUN_ENV = "STACCHIP_BACKFILL_PARTITIONS_PER_RUN"
-DEFAULT_BACKFILL_PARTITIONS_PER_RUN = 100
+DEFAULT_BACKFILL_PARTITIONS_PER_RUN = Settings().backfill_partitions_per_run
 
 
-def backfill_partitions_per_run() -> int:
-    """``STACCHIP_BACKFILL_PARTITIONS_PER_RUN`` (default 100), read when the code location loads."""
-    raw = os.environ.get(BACKFILL_PARTITIONS_PER_RUN_ENV, "").strip()
-    if not raw:
-        return DEFAULT_BACKFILL_PARTITIONS_PER_RUN
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise StacchipError(f"{BACKFILL_PARTITIONS_PER_RUN_ENV}={raw!r} must be a whole number of at least 1")
-    return value
+def backfill_partitions_per_run(settings: Settings | None = None) -> int:
+    """``STACCHIP_BACKFILL_PARTITIONS_PER_RUN`` (default 100), from `io.settings`, read when the code location loads."""
+    return (load_settings() if settings is None else settings).backfill_partitions_per_run
 
 
 def partition_indexer(context: AssetExecutionContext, by_collection: dict[str, CollectionConfig],
@@ -106,7 +96,7 @@ def _index_one(context: AssetExecutionContext, index_one: Callable[[str], ItemIn
     )
 
 
-def build_chip_index(by_collection: dict[str, CollectionConfig]) -> AssetsDefinition:
+def build_chip_index(by_collection: dict[str, CollectionConfig], settings: Settings | None = None) -> AssetsDefinition:
     """The chip_index asset (per-partition checks, retries for transient errors, batched backfills)."""
     # per-partition check results (preview) and backfill policies (beta) warn in Dagster 1.13
     with warnings.catch_warnings():
@@ -124,7 +114,7 @@ def build_chip_index(by_collection: dict[str, CollectionConfig]) -> AssetsDefini
             check_specs=check_specs,
             code_version=CHIP_INDEX_CODE_VERSION,
             retry_policy=RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL),
-            backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=backfill_partitions_per_run()),
+            backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=backfill_partitions_per_run(settings)),
             output_required=False,  # a batch reports its partitions as events (see batch.index_batch)
             pool=INDEX_POOL,
             group_name="stacchip",
