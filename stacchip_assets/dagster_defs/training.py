@@ -109,6 +109,11 @@ def _training_dir(storage: StorageResource, name: str) -> Path:
 
 def build_training_assets(collections: list[CollectionConfig]):
     """The `training_set` and `band_statistics` assets for the configured collections."""
+    return _build_training_set(collections), _build_band_statistics(collections)
+
+
+def _build_training_set(collections: list[CollectionConfig]):
+    """The `training_set` asset: shards drawn from the combined index (Dask extraction)."""
 
     @asset(
         key=TRAINING_SET_KEY, deps=[COMBINED_INDEX_KEY], group_name="training", code_version="1",
@@ -152,6 +157,12 @@ def build_training_assets(collections: list[CollectionConfig]):
             }
         )
 
+    return training_set
+
+
+def _build_band_statistics(collections: list[CollectionConfig]):
+    """The `band_statistics` asset: per collection and band statistics of a training set's chips."""
+
     @asset(
         key=BAND_STATISTICS_KEY, deps=[TRAINING_SET_KEY], group_name="training", code_version="1",
         kinds={"numpy"},
@@ -189,4 +200,4 @@ def build_training_assets(collections: list[CollectionConfig]):
             }
         )
 
-    return training_set, band_statistics_asset
+    return band_statistics_asset
