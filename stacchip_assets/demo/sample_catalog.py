@@ -50,7 +50,7 @@ _COLLECTION_INFO: dict[str, tuple[str, list[str]]] = {
 
 def _item_builders() -> Iterator[tuple[str, str, Callable[[pathlib.Path], pystac.Item]]]:
     """(collection id, item id, builder(item_dir) -> Item) for every sample item."""
-    for spec in sensors_s2._S2_SPECS:  # looked up per call: tests replace _build_s2
+    for spec in sensors_s2._S2_SPECS:  # _build_s2 is looked up when called: a test replaces it to crash
         yield "sentinel-2-l2a", spec.item_id, lambda d, s=spec: sensors_s2._build_s2(s, d)
     builders = {
         "landsat-c2-l2": _build_landsat,
