@@ -16,8 +16,8 @@ Environment variables (positive integers): ``STACCHIP_MAX_CHIPS_PER_ITEM``,
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Mapping
 
 from stacchip_assets.errors import ResourceLimitError, StacchipError
 

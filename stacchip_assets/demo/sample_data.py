@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import pathlib
@@ -969,7 +970,7 @@ _COLLECTION_INFO: dict[str, tuple[str, list[str]]] = {
 def _item_builders() -> Iterator[tuple[str, str, Callable[[pathlib.Path], pystac.Item]]]:
     """(collection id, item id, builder(item_dir) -> Item) for every sample item."""
     for spec in _S2_SPECS:
-        yield "sentinel-2-l2a", spec.item_id, lambda d, s=spec: _build_s2(s, d)
+        yield "sentinel-2-l2a", spec.item_id, functools.partial(_build_s2, spec)
     builders = {
         "landsat-c2-l2": _build_landsat,
         "naip": _build_naip,
@@ -978,7 +979,7 @@ def _item_builders() -> Iterator[tuple[str, str, Callable[[pathlib.Path], pystac
     }
     for collection_id, build in builders.items():
         for item_id in SAMPLE_COLLECTIONS[collection_id]:
-            yield collection_id, item_id, lambda d, b=build, i=item_id: b(i, d)
+            yield collection_id, item_id, functools.partial(build, item_id)
 
 
 def _collection(collection_id: str, items: list[pystac.Item]) -> pystac.Collection:
