@@ -93,6 +93,7 @@ def test_load_indexer_local_reads_stacchip_layout(sample, tmp_path):
         load_indexer_local(tmp_path, "landsat-c2-l2", "missing-item")
 
 
+@pytest.mark.e2e
 def test_load_indexer_s3_from_a_real_s3_server(sample, monkeypatch):
     from moto.server import ThreadedMotoServer
 
