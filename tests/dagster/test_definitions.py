@@ -138,6 +138,7 @@ def test_partition_keys():
 
 
 @pytest.mark.parametrize("with_home", [False, True], ids=["temporary-home", "DAGSTER_HOME"])
+@pytest.mark.e2e
 def test_dagster_cli_validates_the_workspace(tmp_path, with_home):
     """As run by hand in the repository (the project's dagster.yaml is picked up from there), and with
     a Dagster home holding that dagster.yaml."""
