@@ -41,7 +41,7 @@ from dagster import (
 )
 
 from stacchip_assets.errors import StacchipError
-from stacchip_assets.io.settings import SENSOR_INTERVAL_ENV, Settings, load_settings
+from stacchip_assets.io.settings import Settings, load_settings
 from stacchip_assets.io.source_guards import FUTURE_TOLERANCE, SourceReport, canonical
 from stacchip_assets.dagster_defs.assets import ITEM_PARTITIONS_NAME, item_partition_key
 from stacchip_assets.dagster_defs.presets import CollectionConfig
