@@ -54,6 +54,15 @@ def sample_catalog(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sample_graph(tmp_path_factory):
+    """The sample graph materialized once per session (every chip_index partition + combined_index), shared
+    by the tests/dagster modules that only read it: tests/support/dagster_support.materialized_sample_graph."""
+    from .support.dagster_support import materialized_sample_graph
+
+    yield from materialized_sample_graph(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def cog_server(sample_catalog) -> str:
     """Base URL of a Range-capable HTTP server over the sample catalog's folder (COGs over HTTP)."""
     from .support.http_server import serve_directory

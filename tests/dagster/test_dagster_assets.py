@@ -21,7 +21,15 @@ from stacchip_assets.index.combined import CombinedIndex, combined_key
 from stacchip_assets.index.item_index import table_hash
 from stacchip_assets.io.storage import Storage
 
-from tests.support.dagster_support import ALL_KEYS, Graph, copy_catalog, edit_item, item_json_path, shared_sample
+from tests.support.dagster_support import (
+    ALL_KEYS,
+    Graph,
+    copy_catalog,
+    edit_item,
+    index_everything,
+    item_json_path,
+    shared_sample,
+)
 
 S2 = "sentinel-2-l2a"
 S2_ITEM = "S2B_31UDQ_20230704_0_L2A"
@@ -50,22 +58,11 @@ def combined_snapshot(graph: Graph) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*.parquet")}
 
 
-def index_everything(graph: Graph) -> None:
-    graph.add_partitions()
-    for key in ALL_KEYS:
-        assert graph.index(key).success
-    assert graph.combine().success
-
-
 @pytest.fixture(scope="module")
-def full(tmp_path_factory):
-    """Every partition materialized, then the combined index (shared, read-only)."""
-    root = tmp_path_factory.mktemp("full")
-    catalog = copy_catalog(shared_sample(tmp_path_factory), root / "catalog")
-    with dg.instance_for_test() as instance:
-        graph = Graph(catalog, root / "base", instance)
-        index_everything(graph)
-        yield graph
+def full(sample_graph):
+    """Every partition materialized, then the combined index: the session's shared sample graph (read-only:
+    the tests that materialize anything use `fresh`)."""
+    return sample_graph
 
 
 @pytest.fixture()
@@ -142,7 +139,8 @@ def test_data_versions_and_staleness(full):
     assert full.stale_status("combined_index") == StaleStatus.FRESH
 
 
-def test_stac_items_asset(full):
+def test_stac_items_asset(fresh):
+    full = fresh  # stac_items is upstream of chip_index: materializing it on the shared graph would make that stale
     result = dg.materialize([full.assets["stac_items"]], partition_key=S2, instance=full.instance,
                             resources=full.resources)
     assert result.success

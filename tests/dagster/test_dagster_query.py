@@ -16,20 +16,14 @@ import pytest
 from stacchip_assets.index.combined import CombinedIndex
 from stacchip_assets.io.storage import Storage
 
-from tests.support.dagster_support import ALL_KEYS, QUIET, Graph, copy_catalog, shared_sample
+from tests.support.dagster_support import QUIET, Graph
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("query")
-    catalog = copy_catalog(shared_sample(tmp_path_factory), root / "catalog")
-    with dg.instance_for_test() as instance:
-        graph = Graph(catalog, root / "base", instance)
-        graph.add_partitions()
-        for key in ALL_KEYS:
-            assert graph.index(key).success
-        assert graph.combine().success
-        yield graph
+def indexed(sample_graph):
+    """Every partition indexed and the combined index built: the session's shared sample graph. The queries
+    only add files under queries/; test_chip_query_job_on_the_compacted_tier adds the compacted tier (same rows)."""
+    return sample_graph
 
 
 def run_query(graph: Graph, **config) -> dg.ExecuteInProcessResult:

@@ -11,25 +11,20 @@ from stacchip_assets.index.chip_indexer import NoStatsChipIndexer
 from stacchip_assets.index.chipper import Chipper
 from stacchip_assets.training import load_item, load_shard, read_manifest
 
-from tests.dagster.test_dagster_assets import index_everything
-from tests.support.dagster_support import Graph, copy_catalog, shared_sample
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("training")
-    catalog = copy_catalog(shared_sample(tmp_path_factory), root / "catalog")
-    with dg.instance_for_test() as instance:
-        graph = Graph(catalog, root / "base", instance)
-        index_everything(graph)
-        resources = {**graph.resources, "dask": DaskResource(enabled=False)}
-        config = {"name": "s2", "collections": ["sentinel-2-l2a"], "max_cloud": 0.6, "shard_size": 8, "seed": 7}
-        result = dg.materialize(
-            [graph.assets["training_set"], graph.assets["band_statistics"]], instance=instance, resources=resources,
-            run_config={"ops": {"training_set": {"config": config}, "band_statistics": {"config": config}}},
-        )
-        assert result.success
-        yield graph, result
+def trained(sample_graph):
+    """training_set and band_statistics materialized on the session's shared sample graph (they are downstream
+    of combined_index and write only under training/)."""
+    graph = sample_graph
+    resources = {**graph.resources, "dask": DaskResource(enabled=False)}
+    config = {"name": "s2", "collections": ["sentinel-2-l2a"], "max_cloud": 0.6, "shard_size": 8, "seed": 7}
+    result = dg.materialize(
+        [graph.assets["training_set"], graph.assets["band_statistics"]], instance=graph.instance, resources=resources,
+        run_config={"ops": {"training_set": {"config": config}, "band_statistics": {"config": config}}},
+    )
+    assert result.success
+    return graph, result
 
 
 def test_training_set_shards_equal_the_chipper(trained):

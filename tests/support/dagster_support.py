@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,26 @@ class Graph:
             ).records
             event = records[0].event_log_entry if records else None
         return event.asset_materialization if event is not None else None
+
+
+def index_everything(graph: Graph) -> None:
+    """Materialize every sample partition, then the combined index (with its checks)."""
+    graph.add_partitions()
+    for key in ALL_KEYS:
+        assert graph.index(key).success
+    assert graph.combine().success
+
+
+def materialized_sample_graph(tmp_path_factory) -> Iterator[Graph]:
+    """The whole sample graph materialized once (the `sample_graph` session fixture of tests/conftest.py):
+    every chip_index partition and the combined index, on a catalog copy and a temporary instance. The
+    modules that share it only read it or add materializations downstream of it (see their fixtures)."""
+    root = tmp_path_factory.mktemp("sample-graph")
+    catalog = copy_catalog(shared_sample(tmp_path_factory), root / "catalog")
+    with dg.instance_for_test() as instance:
+        graph = Graph(catalog, root / "base", instance)
+        index_everything(graph)
+        yield graph
 
 
 def launch_tick_runs(instance: dg.DagsterInstance, defs: dg.Definitions, result: dg.SensorResult,

@@ -357,6 +357,7 @@ def test_modis_qc_modland_values(catalog_path: pathlib.Path, raw_items: dict) ->
 # ----------------------------------------------------------------------------- determinism, atomicity
 
 
+@pytest.mark.e2e  # generates the whole sample catalog twice more: the full suite, not the fast tier
 def test_generation_is_deterministic_and_regenerates_outdated(
     catalog_path: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:

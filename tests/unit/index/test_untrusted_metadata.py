@@ -217,6 +217,7 @@ def sparse_mask_item(tmp_path: Path) -> pystac.Item:
                      collection="sentinel-2-l2a")
 
 
+@pytest.mark.e2e  # a child Python process measured for peak memory: the full suite, not the fast tier
 def test_a_sparse_mask_declaring_100000_px_is_read_by_windows(tmp_path):
     write_sparse_scl(tmp_path / "scl_sparse.tif")
     size = (tmp_path / "scl_sparse.tif").stat().st_size
@@ -481,6 +482,7 @@ print(json.dumps(property_run(Path(sys.argv[1]), int(sys.argv[2]))))
 """
 
 
+@pytest.mark.e2e  # a child Python process measured for peak memory: the full suite, not the fast tier
 def test_generated_malformed_items_raise_only_stacchip_errors_in_bounded_memory(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     out = subprocess.run([sys.executable, "-c", PROPERTY_CHILD, str(tmp_path / "prop"), "150"], capture_output=True,

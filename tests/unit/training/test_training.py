@@ -285,11 +285,12 @@ def dask_client():
 def test_dask_path_writes_byte_identical_shards(index, tmp_path, dask_client):
     from stacchip_assets.training.band_stats import band_statistics
 
+    # small input, many tasks: 60 chips in shards of 4, 12 chips per task (the point is the process boundary)
     for fmt in FORMATS:
-        cfg = config(format=fmt, sample_size=200)
+        cfg = config(format=fmt, sample_size=60, shard_size=4)
         selection = select_chips(index, cfg)
-        local = write_training_set(selection, cfg, tmp_path / f"local-{fmt}", chips_per_task=40)
-        remote = write_training_set(selection, cfg, tmp_path / f"dask-{fmt}", client=dask_client, chips_per_task=40)
+        local = write_training_set(selection, cfg, tmp_path / f"local-{fmt}", chips_per_task=12)
+        remote = write_training_set(selection, cfg, tmp_path / f"dask-{fmt}", client=dask_client, chips_per_task=12)
         assert remote.equals(local)
         a, b = files_of(tmp_path / f"local-{fmt}"), files_of(tmp_path / f"dask-{fmt}")
         assert sorted(a) == sorted(b)
@@ -300,9 +301,9 @@ def test_dask_path_writes_byte_identical_shards(index, tmp_path, dask_client):
     pids = set(dask_client.run(os.getpid).values())
     assert len(pids) == 2 and os.getpid() not in pids
 
-    cfg = config(sample_size=150)
+    cfg = config(sample_size=50)
     selection = select_chips(index, cfg)
-    assert band_statistics(selection, cfg, client=dask_client, chips_per_task=30) == band_statistics(selection, cfg)
+    assert band_statistics(selection, cfg, client=dask_client, chips_per_task=10) == band_statistics(selection, cfg)
 
 
 def test_vectorized_week_and_hour_match_python_calendar():
