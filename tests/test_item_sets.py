@@ -25,6 +25,7 @@ from stacchip_assets.index.item_sets import (
     offer_items,
     reconcile_item_set,
     settings_fingerprint,
+    source_has,
 )
 from stacchip_assets.index.set_rule import ADD, REMOVE, REPLACE, WAIT, enforce, holds
 from stacchip_assets.io.stac_source import SearchParams, StaticCatalogSource
@@ -71,15 +72,8 @@ class Library:
     def reconcile(self):
         items = self.source.search(S2, RULE)
 
-        def in_source(item_id: str) -> bool:
-            try:
-                self.source.get_item(S2, item_id)
-                return True
-            except Exception:  # noqa: BLE001 - StacSourceError: not found
-                return False
-
         change = reconcile_item_set(self.storage, S2, items, params=RULE, settings=self.settings.to_dict(),
-                                    in_source=in_source)
+                                    in_source=lambda item_id: source_has(self.source, S2, item_id))
         ids = {i.id for i in items}
         return change, ids
 

@@ -273,8 +273,40 @@ def offer_items(storage: Storage, collection: str, items: Iterable[pystac.Item],
     return change
 
 
+def fetch_if_present(source: Any, collection: str, item_id: str) -> pystac.Item | None:
+    """The item from a STAC source (``io.stac_source.StacSource``), or None only when the source answers
+    that it is not there; an outage raises (never taken for a withdrawal)."""
+    from stacchip_assets.errors import StacSourceError
+
+    try:
+        return source.get_item(collection, item_id)
+    except StacSourceError as exc:
+        if f"no item {item_id!r}" in str(exc):  # the sources' own "not found" (io.stac_source)
+            return None
+        raise
+
+
+def source_has(source: Any, collection: str, item_id: str) -> bool:
+    """Whether the source still has the item (see :func:`fetch_if_present`)."""
+    return fetch_if_present(source, collection, item_id) is not None
+
+
+def select_polled(storage: Storage, source: Any, collection: str, polled: list, *, params: SearchParams,
+                  settings: Mapping[str, Any]) -> tuple[list, SetChange]:
+    """A sensor tick with a selection rule: the items a poll found (``PolledItem``, new or updated after
+    the cursor, polled without the rule) are fetched one by one (O(polled), never a search of the
+    collection) and offered to the set (:func:`offer_items`); returns the polled items selected (to
+    index) and what changed in the set. An item that vanished between the poll and the fetch is left
+    out (the next full reconciliation records it)."""
+    bodies = [b for b in (fetch_if_present(source, collection, p.item_id) for p in polled) if b is not None]
+    change = offer_items(storage, collection, bodies, params=params, settings=settings)
+    fetched = {b.id for b in bodies}
+    rejected = set(change.not_selected)
+    return [p for p in polled if p.item_id in fetched and p.item_id not in rejected], change
+
+
 __all__ = [
     "DESELECTED", "Departure", "ItemSet", "SETTINGS_METADATA_KEY", "SUPERSEDED", "SelectionState", "SetChange",
-    "WITHDRAWN", "item_group", "item_rank", "load_item_sets", "offer_items", "reconcile_item_set",
+    "WITHDRAWN", "item_group", "item_rank", "load_item_sets", "offer_items", "reconcile_item_set", "fetch_if_present", "select_polled", "source_has",
     "settings_fingerprint", "state_key",
 ]
