@@ -15,18 +15,72 @@ collection's current chip settings.**
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetObservation, MetadataValue, asset_check
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetObservation,
+    AssetRecordsFilter,
+    MetadataValue,
+    asset_check,
+)
 
-from stacchip_assets.dagster_defs.assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY, item_partition_key
+from stacchip_assets.dagster_defs.assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY, STAC_ITEMS_KEY, item_partition_key
 from stacchip_assets.dagster_defs.resources import StorageResource
-from stacchip_assets.index.set_rule import ADD, REMOVE, REPLACE, WAIT, RulePlan, holds
+from stacchip_assets.index.combined import CombineReport
+from stacchip_assets.index.item_sets import SetChange, reconcile_item_set, settings_fingerprint, source_has
+from stacchip_assets.index.set_rule import ADD, REMOVE, REPLACE, WAIT, RulePlan, enforce, holds
+from stacchip_assets.io.storage import Storage
 
 #: Ids listed in metadata (counts are exact).
 LISTED = 50
 RULE = ("the combined index = the chips of the items currently in the item sets, indexed with the "
         "collection's current chip settings")
+
+
+def item_set_version(summaries: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    """stac_items' data version: the items (id, updated) and the collection's chip settings, so that a
+    settings change makes the collection's chip_index partitions stale in Dagster (data versions)."""
+    payload = {"items": sorted((s["id"], s["updated"]) for s in summaries), "chip_settings": settings_fingerprint(settings)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def store_item_set(store: Storage, collection: str, items: list, *, search, settings: dict[str, Any], source,
+                   listing: dict[str, Any]) -> tuple[SetChange, dict[str, Any]]:
+    """What `stac_items` does with a full search: replace the collection's set, record why items left
+    (superseded / withdrawn / deselected, see `index.item_sets.reconcile_item_set`); returns the
+    change and its metadata."""
+    summaries = {entry["id"]: entry for entry in listing.get("items", [])}
+    change = reconcile_item_set(store, collection, items, params=search, settings=settings, listing=listing,
+                                summaries=summaries, in_source=lambda item_id: source_has(source, collection, item_id))
+    lines = change.lines(LISTED)
+    return change, {
+        "items_added": MetadataValue.int(len(change.added)),
+        "items_departed": MetadataValue.int(len(change.departed)),
+        "departed": MetadataValue.md("\n".join(f"- {line}" for line in lines) or "none"),
+        "chip_settings_version": MetadataValue.text(settings_fingerprint(settings)),
+    }
+
+
+def apply_rule(context: AssetExecutionContext, store: Storage, state: dict[str, Any], *, changed, full: bool,
+               committed: str | None) -> tuple[CombineReport, RulePlan]:
+    """The combined update under the rule (`index.set_rule.enforce`): records in `state` the settings
+    fingerprints it applied and the newest stac_items materialization it saw (the trigger compares it),
+    and logs a `removed` observation on the chip_index partition of each item it removed."""
+    newest = context.instance.fetch_materializations(AssetRecordsFilter(asset_key=STAC_ITEMS_KEY), limit=1).records
+    result = enforce(store, changed, known_settings=state.get("settings") or {}, full=full, journal=context.run_id,
+                     committed=committed)
+    state["settings"] = dict(result.plan.governed)
+    state["item_sets_cursor"] = newest[0].storage_id if newest else None
+    for observation in removal_observations(result.plan):
+        context.log_event(observation)
+    if result.plan.changes:
+        context.log.info("item-set rule: %s", json.dumps(result.plan.to_json(10)["counts"]))
+    return result.report, result.plan
 
 
 def rule_metadata(plan: RulePlan) -> dict[str, Any]:
@@ -70,4 +124,5 @@ def combined_holds_item_sets(storage: StorageResource) -> AssetCheckResult:
     )
 
 
-__all__ = ["RULE", "combined_holds_item_sets", "removal_observations", "rule_metadata"]
+__all__ = ["RULE", "apply_rule", "combined_holds_item_sets", "item_set_version", "removal_observations", "rule_metadata",
+           "store_item_set"]

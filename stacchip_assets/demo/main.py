@@ -138,13 +138,21 @@ def run(argv: Sequence[str] | None = None) -> int:
             failures.append("combined_index")
         failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
         event = instance.get_latest_materialization_event(COMBINED_INDEX_KEY)
-        state = dict(event.asset_materialization.metadata["state"].value) if event else {}
+        meta = event.asset_materialization.metadata if event else {}
+        state = dict(meta["state"].value) if "state" in meta else {}
+        changes = dict(meta["changes"].value) if "changes" in meta else {}
 
     from stacchip_assets.index.combined import CombinedIndex
 
     elapsed = time.monotonic() - started
-    print(f"items: {len(runs)} found by polling ({indexed} indexed now, {skipped} already indexed); "
-          f"{selected} in the configured item sets")
+    counts = changes.get("counts", {})
+    print(f"items: {selected} in the configured item sets, which the combined index holds exactly (the chips of the "
+          "items in the item sets, with the current chip settings)")
+    print(f"  this run: {len(runs)} items to index found by polling ({indexed} indexed now, {skipped} already indexed); "
+          f"combined index: {counts.get('add', 0)} added, {counts.get('replace', 0)} replaced, "
+          f"{counts.get('remove', 0)} removed, {counts.get('waiting', 0)} waiting for indexing")
+    for line in changes.get("remove", [])[:10]:
+        print(f"  removed {line}")
     for collection, totals in sorted(state.get("by_collection", {}).items()):
         print(f"  {collection:<20} {totals['items']:>4} items {totals['rows']:>7} chips")
     print(f"chips: {state.get('rows', 0)} in the combined index ({state.get('items', 0)} items)")
