@@ -193,13 +193,13 @@ def test_a_file_added_by_hand_breaks_the_rule_and_is_removed(library):
 
 def test_incremental_selection_compares_with_the_tile_quarter_only(library):
     items = {i.id: i for i in library.source.search(S2, SearchParams())}
-    first = offer_items(library.storage, S2, [items[OLD], items[UEQ]], params=RULE, settings=SETTINGS.to_dict())
+    first = offer_items(library.storage, S2, [items[OLD], items[UEQ]], params=RULE)
     assert sorted(first.added) == [OLD, UEQ] and not first.departed
-    worse = offer_items(library.storage, S2, [items[CLOUDY]], params=RULE, settings=SETTINGS.to_dict())
+    worse = offer_items(library.storage, S2, [items[CLOUDY]], params=RULE)
     assert worse.not_selected == [CLOUDY] and not worse.added
     publish_better_item(Path(library.source.catalog_path))
     better = library.source.get_item(S2, NEW)
-    change = offer_items(library.storage, S2, [better], params=RULE, settings=SETTINGS.to_dict())
+    change = offer_items(library.storage, S2, [better], params=RULE)
     assert change.added == [NEW] and [(d.item_id, d.by) for d in change.departed] == [(OLD, NEW)]
     assert set(ItemSet.load(library.storage, S2).members) == {NEW, UEQ}
     # the same set as a full search selects

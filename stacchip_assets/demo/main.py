@@ -104,7 +104,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             selected += int(mat.asset_materialization.metadata["count"].value) if mat else 0
 
         # 2. per-item chip indexes, as the sensor would request them
-        runs, new_partitions, _cursor, _counts = poll_new_items(collections, stac_source, {}, instance)
+        runs, new_partitions, _cursor, _counts = poll_new_items(collections, stac_source, {}, instance,
+                                                                 storage=storage)
         if new_partitions:
             instance.add_dynamic_partitions(ITEM_PARTITIONS_NAME, new_partitions)
         chip_index_job = defs.resolve_job_def("chip_index_job")

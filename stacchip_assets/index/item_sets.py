@@ -233,8 +233,7 @@ def reconcile_item_set(storage: Storage, collection: str, items: list[pystac.Ite
     return change
 
 
-def offer_items(storage: Storage, collection: str, items: Iterable[pystac.Item], *, params: SearchParams,
-                settings: Mapping[str, Any]) -> SetChange:
+def offer_items(storage: Storage, collection: str, items: Iterable[pystac.Item], *, params: SearchParams) -> SetChange:
     """Incremental: offer new or updated items to a collection's set (one tick of a sensor).
 
     With the least-cloudy rule each item is compared with the one selected for its tile-quarter only
@@ -242,9 +241,7 @@ def offer_items(storage: Storage, collection: str, items: Iterable[pystac.Item],
     ("superseded by"), a worse one is not selected. Without a rule every item joins. Undated items join
     as they are (the rule keeps them too).
     """
-    item_set = ItemSet.load(storage, collection) or ItemSet(collection, {})
-    item_set.fingerprint = item_set.fingerprint or settings_fingerprint(settings)
-    item_set.settings = item_set.settings or dict(settings)
+    item_set = ItemSet.load(storage, collection) or ItemSet(collection, {})  # settings: set by a reconciliation
     state = SelectionState.load(storage, collection)
     change = SetChange(collection)
     rule = params.selection == SELECTION_LEAST_CLOUDY
@@ -291,15 +288,28 @@ def source_has(source: Any, collection: str, item_id: str) -> bool:
     return fetch_if_present(source, collection, item_id) is not None
 
 
-def select_polled(storage: Storage, source: Any, collection: str, polled: list, *, params: SearchParams,
-                  settings: Mapping[str, Any]) -> tuple[list, SetChange]:
-    """A sensor tick with a selection rule: the items a poll found (``PolledItem``, new or updated after
-    the cursor, polled without the rule) are fetched one by one (O(polled), never a search of the
-    collection) and offered to the set (:func:`offer_items`); returns the polled items selected (to
-    index) and what changed in the set. An item that vanished between the poll and the fetch is left
-    out (the next full reconciliation records it)."""
+def admit_polled(storage: Storage, source: Any, collection: str, polled: list, *,
+                 params: SearchParams) -> tuple[list, SetChange] | None:
+    """A sensor tick: the items a poll found (``PolledItem``: new or updated after the cursor, polled
+    *without* the selection rule) join the collection's set. With the least-cloudy rule each is fetched
+    (O(polled), never a search of the collection) and offered to its tile-quarter (:func:`offer_items`);
+    without a rule each joins as it is. Returns the polled items selected (to index) and the change;
+    None when the collection has no stored set yet (then nothing is written: its first reconciliation,
+    a ``stac_items`` materialization, creates the set and the selection state). An item that vanished
+    between the poll and the fetch is left out (the next reconciliation records it)."""
+    item_set = ItemSet.load(storage, collection)
+    if item_set is None:
+        return None
+    if params.selection != SELECTION_LEAST_CLOUDY:
+        change = SetChange(collection, added=[p.item_id for p in polled if p.item_id not in item_set.members])
+        if change.added:
+            for entry in polled:
+                item_set.members.setdefault(entry.item_id, {"id": entry.item_id, "updated": entry.updated})
+                item_set.departed.pop(entry.item_id, None)
+            item_set.save(storage)
+        return list(polled), change
     bodies = [b for b in (fetch_if_present(source, collection, p.item_id) for p in polled) if b is not None]
-    change = offer_items(storage, collection, bodies, params=params, settings=settings)
+    change = offer_items(storage, collection, bodies, params=params)
     fetched = {b.id for b in bodies}
     rejected = set(change.not_selected)
     return [p for p in polled if p.item_id in fetched and p.item_id not in rejected], change
@@ -307,6 +317,6 @@ def select_polled(storage: Storage, source: Any, collection: str, polled: list, 
 
 __all__ = [
     "DESELECTED", "Departure", "ItemSet", "SETTINGS_METADATA_KEY", "SUPERSEDED", "SelectionState", "SetChange",
-    "WITHDRAWN", "item_group", "item_rank", "load_item_sets", "offer_items", "reconcile_item_set", "fetch_if_present", "select_polled", "source_has",
+    "WITHDRAWN", "item_group", "item_rank", "load_item_sets", "offer_items", "reconcile_item_set", "admit_polled", "fetch_if_present", "source_has",
     "settings_fingerprint", "state_key",
 ]
