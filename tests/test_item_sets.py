@@ -210,3 +210,211 @@ def test_per_item_index_records_its_chip_settings(library):
     library.index(OLD)
     metadata = pq.read_schema(library.storage.path(Storage.index_key(S2, OLD))).metadata
     assert metadata[b"stacchip:chip_settings"].decode() == settings_fingerprint(SETTINGS.to_dict())
+
+
+# --------------------------------------------------------------------------------------------------
+# The Dagster graph: stac_items (full reconciliation), the sensor (incremental), combined_index (the rule)
+# --------------------------------------------------------------------------------------------------
+
+import dagster as dg  # noqa: E402
+
+from stacchip_assets.dagster_defs import ChipSettingsResource, StacSourceResource, StorageResource, build_definitions  # noqa: E402
+from stacchip_assets.dagster_defs.item_set_rule import combined_holds_item_sets  # noqa: E402
+from stacchip_assets.dagster_defs.presets import builtin_presets, resolve_entry  # noqa: E402
+
+from .dagster_support import QUIET, launch_tick_runs  # noqa: E402
+
+LANDSAT = "landsat-c2-l2"
+
+
+def configs(s2: str = S2, chip_size: int = 256, landsat: bool = True):
+    """The Sentinel-2 preset's own rule, overriding only the asset list (and maybe the chip size); the
+    sample's Landsat item as a second collection."""
+    presets = builtin_presets()
+    out = [resolve_entry({"preset": "sentinel-2-l2a", "collection": s2,
+                          "chips": {"assets": list(SETTINGS.assets), "chip_size": chip_size}}, presets)]
+    if landsat:
+        out.append(resolve_entry({"preset": "landsat-c2-l2", "search": {"query": None, "selection": "all"}}, presets))
+    return out
+
+
+class Flow:
+    """The definitions on one STAC source and storage base, run the way the daemon runs them."""
+
+    def __init__(self, source: StacSourceResource, base: Path, instance: dg.DagsterInstance, **config) -> None:
+        self.instance, self.base, self.cursor = instance, base, None
+        self.resources = {"stac_source": source, "storage": StorageResource(base=str(base)),
+                          "chip_settings": ChipSettingsResource()}
+        self.configure(**config)
+
+    def configure(self, **config) -> None:
+        self.configs = configs(**config)
+        self.defs = build_definitions(self.configs, resources=self.resources)
+
+    @property
+    def storage(self) -> Storage:
+        return Storage(str(self.base))
+
+    def item_sets(self) -> None:
+        job = self.defs.resolve_job_def("stac_items_job")
+        for config in self.configs:
+            assert job.execute_in_process(partition_key=config.collection, instance=self.instance, run_config=QUIET).success
+
+    def tick(self) -> list[str]:
+        sensor = next(s for s in self.defs.sensors if s.name == "stac_item_sensor")
+        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, definitions=self.defs,
+                                          resources=self.resources)
+        result = sensor(context)
+        self.cursor = result.cursor
+        return [request.partition_key for request, _ in launch_tick_runs(self.instance, self.defs, result)]
+
+    def index(self, keys) -> None:
+        job = self.defs.resolve_job_def("chip_index_job")
+        for key in keys:
+            assert job.execute_in_process(partition_key=key, instance=self.instance, run_config=QUIET).success
+
+    def combine(self) -> dict:
+        outcome = self.defs.resolve_job_def("combined_index_job").execute_in_process(instance=self.instance, run_config=QUIET)
+        assert outcome.success
+        failed = {e.check_name: e.description for e in outcome.get_asset_check_evaluations() if not e.passed}
+        assert not failed, failed  # combined_holds_item_sets among them: the rule holds after every step
+        return outcome.asset_materializations_for_node("combined_index")[0].metadata
+
+    def combined(self, collection: str = S2) -> set[str]:
+        return {i for c, i in CombinedIndex(self.storage).items() if c == collection}
+
+    def observations(self, key: str) -> list[dict]:
+        records = self.instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("chip_index"),
+                                                                         asset_partitions=[key]), limit=10).records
+        return [{k: v.value for k, v in r.asset_observation.metadata.items()} for r in records]
+
+    def stale(self, keys) -> dict[str, str]:
+        """What the UI shows for these chip_index partitions (Dagster's own stale status resolver)."""
+        from dagster._utils.test.data_versions import get_stale_status_resolver
+
+        resolver = get_stale_status_resolver(self.instance, list(self.defs.assets))
+        return {k: resolver.get_status(dg.AssetKey("chip_index"), k).value for k in keys}
+
+    def check_passes(self) -> bool:
+        return combined_holds_item_sets(storage=StorageResource(base=str(self.base))).passed
+
+
+@pytest.fixture()
+def static_flow(sample_catalog, tmp_path):
+    catalog = copy_catalog(sample_catalog, tmp_path / "catalog")
+    with dg.instance_for_test() as instance:
+        yield Flow(StacSourceResource(catalog_path=str(catalog)), tmp_path / "base", instance), catalog
+
+
+def start(flow: Flow, s2: str = S2) -> None:
+    flow.item_sets()
+    ran = flow.tick()
+    assert sorted(ran) == sorted([f"{s2}/{OLD}", f"{s2}/{UEQ}", f"{LANDSAT}/{SAMPLE_LANDSAT}"])
+    meta = flow.combine()
+    assert flow.combined(s2) == {OLD, UEQ} and meta["items_added"].value == 3
+
+
+SAMPLE_LANDSAT = "LC09_L2SP_107030_20230712_02_T1"
+
+
+def test_static_catalog_better_item_supersedes_through_the_sensor_and_the_item_sets(static_flow):
+    flow, catalog = static_flow
+    start(flow)
+    publish_better_item(catalog)
+    assert flow.tick() == [f"{S2}/{NEW}"]  # incremental: compared with its tile-quarter only
+    stored = ItemSet.load(flow.storage, S2)
+    assert set(stored.members) == {NEW, UEQ} and stored.departed[OLD].by == NEW
+    meta = flow.combine()
+    assert flow.combined() == {NEW, UEQ}
+    assert meta["items_removed"].value == 1 and meta["items_added"].value == 1
+    assert meta["changes"].value["remove"] == [f"{S2}/{OLD}: superseded by {NEW}"]
+    assert meta["changes"].value["add"] == [f"{S2}/{NEW}: in the item set, supersedes {OLD}"]
+    assert meta["state"].value["by_collection"][S2]["rows"] == CombinedIndex(flow.storage).read(
+        columns=["collection"]).column("collection").to_pylist().count(S2)
+    assert flow.observations(f"{S2}/{OLD}")[0]["status"] == "removed"
+    flow.item_sets()  # the full reconciliation agrees: nothing departs, nothing changes
+    assert ItemSet.load(flow.storage, S2).ids == {NEW, UEQ}
+    assert flow.combine()["items_changed"].value == 0 and flow.check_passes()
+    flow.storage.copy(Storage.index_key(S2, OLD), combined_key(S2, OLD))  # a combined file added by hand
+    result = combined_holds_item_sets(storage=StorageResource(base=str(flow.base)))
+    assert not result.passed and result.metadata["extra"].value == [f"{S2}/{OLD}"]
+
+
+def test_static_catalog_changed_chip_size_marks_its_partitions_stale(static_flow):
+    flow, _ = static_flow
+    start(flow)
+    s2_keys, landsat_key = [f"{S2}/{OLD}", f"{S2}/{UEQ}"], f"{LANDSAT}/{SAMPLE_LANDSAT}"
+    assert set(flow.stale(s2_keys + [landsat_key]).values()) == {"FRESH"}
+    landsat_file = flow.storage.path(combined_key(LANDSAT, SAMPLE_LANDSAT))
+    before = Path(landsat_file).stat().st_mtime_ns
+    flow.configure(chip_size=128)
+    flow.item_sets()
+    stale = flow.stale(s2_keys + [landsat_key])
+    assert {stale[k] for k in s2_keys} == {"STALE"}
+    waiting = flow.combine()  # the old chips stay until re-indexed; the rule still holds (same items)
+    assert waiting["items_waiting"].value == 2 and flow.combined() == {OLD, UEQ}
+    flow.index(s2_keys)  # re-indexing the stale partitions
+    meta = flow.combine()
+    assert meta["items_replaced"].value == 2
+    sizes = CombinedIndex(flow.storage).read(columns=["collection", "chip_size"]).to_pylist()
+    assert {(r["collection"], r["chip_size"]) for r in sizes} == {(S2, 128), (LANDSAT, 256)}
+    assert Path(landsat_file).stat().st_mtime_ns == before  # the other collection untouched
+    assert set(flow.stale(s2_keys).values()) == {"FRESH"}
+    print("landsat partition after the Sentinel-2 settings change:", stale[landsat_key])
+
+
+@pytest.mark.e2e
+def test_pgstac_better_item_withdrawn_and_republished(stac_api, cog_server, sample_catalog, tmp_path):
+    from .servers import collection_json, item_json
+
+    collection = "e2e-item-sets-17"
+    stac_api.create_collection(collection_json(sample_catalog, S2, collection))
+
+    def body(item_id: str, source: str | None = None) -> dict:
+        data = item_json(sample_catalog, S2, source or item_id, collection, cog_server,
+                         assets=[*SETTINGS.assets, "scl"])
+        if source is not None:  # the better item: CLOUDY's files, 2023-09-15, 5 % cloud
+            data["id"] = item_id
+            data["properties"].update({"datetime": "2023-09-15T10:46:29.452000Z", "eo:cloud_cover": 5.0,
+                                       "updated": "2023-09-15T18:00:00.000Z"})
+        return data
+
+    try:
+        for item_id in (OLD, CLOUDY, UEQ):
+            stac_api.post_item(body(item_id))
+        with dg.instance_for_test() as instance:
+            flow = Flow(StacSourceResource(api_url=stac_api.url, page_size=2, timeout_seconds=10), tmp_path / "base",
+                        instance, s2=collection, landsat=False)
+            flow.item_sets()
+            assert sorted(flow.tick()) == [f"{collection}/{OLD}", f"{collection}/{UEQ}"]
+            flow.combine()
+            assert flow.combined(collection) == {OLD, UEQ}
+            chips_ueq = flow.storage.parquet_num_rows(combined_key(collection, UEQ))
+
+            # 1. a better item for 31UDQ in the same quarter: the sensor selects it, the superseded chips leave
+            stac_api.post_item(body(NEW, source=CLOUDY))
+            assert flow.tick() == [f"{collection}/{NEW}"]
+            meta = flow.combine()
+            assert flow.combined(collection) == {NEW, UEQ}
+            assert meta["changes"].value["remove"] == [f"{collection}/{OLD}: superseded by {NEW}"]
+
+            # 2. withdrawn from pgstac: gone after one reconciliation
+            stac_api._request("DELETE", f"/collections/{collection}/items/{UEQ}", ok=(200, 204))
+            flow.item_sets()
+            meta = flow.combine()
+            assert flow.combined(collection) == {NEW}
+            assert meta["changes"].value["remove"] == [f"{collection}/{UEQ}: withdrawn from the source"]
+            assert flow.observations(f"{collection}/{UEQ}")[0]["reason"] == "withdrawn from the source"
+
+            # 3. re-published (the same item, same `updated`): back once, from its per-item index
+            stac_api.post_item(body(UEQ))
+            assert flow.tick() == []  # nothing newer than the cursor: no re-indexing
+            flow.item_sets()
+            meta = flow.combine()
+            assert meta["changes"].value["add"] == [f"{collection}/{UEQ}: in the item set"]
+            assert flow.combined(collection) == {NEW, UEQ}
+            assert flow.storage.parquet_num_rows(combined_key(collection, UEQ)) == chips_ueq
+            assert flow.combine()["items_changed"].value == 0  # once
+            assert flow.check_passes()
+    finally:
+        stac_api.delete_collection(collection)

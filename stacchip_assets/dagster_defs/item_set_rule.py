@@ -23,18 +23,21 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
+    AssetKey,
     AssetObservation,
     AssetRecordsFilter,
     MetadataValue,
     asset_check,
 )
 
-from stacchip_assets.dagster_defs.assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY, STAC_ITEMS_KEY, item_partition_key
 from stacchip_assets.dagster_defs.resources import StorageResource
 from stacchip_assets.index.combined import CombineReport
 from stacchip_assets.index.item_sets import SetChange, reconcile_item_set, settings_fingerprint, source_has
 from stacchip_assets.index.set_rule import ADD, REMOVE, REPLACE, WAIT, RulePlan, enforce, holds
 from stacchip_assets.io.storage import Storage
+
+# the asset keys of dagster_defs.assets (which imports this module)
+STAC_ITEMS_KEY, CHIP_INDEX_KEY, COMBINED_INDEX_KEY = AssetKey("stac_items"), AssetKey("chip_index"), AssetKey("combined_index")
 
 #: Ids listed in metadata (counts are exact).
 LISTED = 50
@@ -72,7 +75,7 @@ def apply_rule(context: AssetExecutionContext, store: Storage, state: dict[str, 
     fingerprints it applied and the newest stac_items materialization it saw (the trigger compares it),
     and logs a `removed` observation on the chip_index partition of each item it removed."""
     newest = context.instance.fetch_materializations(AssetRecordsFilter(asset_key=STAC_ITEMS_KEY), limit=1).records
-    result = enforce(store, changed, known_settings=state.get("settings") or {}, full=full, journal=context.run_id,
+    result = enforce(store, changed, known_settings=state.get("settings") or {}, full=full, journal=context.run.run_id,
                      committed=committed)
     state["settings"] = dict(result.plan.governed)
     state["item_sets_cursor"] = newest[0].storage_id if newest else None
@@ -100,7 +103,7 @@ def rule_metadata(plan: RulePlan) -> dict[str, Any]:
 def removal_observations(plan: RulePlan) -> list[AssetObservation]:
     """One observation per chip_index partition whose item was removed from the combined index."""
     return [
-        AssetObservation(asset_key=CHIP_INDEX_KEY, partition=item_partition_key(c.collection, c.item_id),
+        AssetObservation(asset_key=CHIP_INDEX_KEY, partition=f"{c.collection}/{c.item_id}",
                          metadata={"status": MetadataValue.text("removed"),
                                    "reason": MetadataValue.text(c.reason),
                                    "combined_index": MetadataValue.text("its chips were removed from the combined index")})
