@@ -418,3 +418,14 @@ def test_pgstac_better_item_withdrawn_and_republished(stac_api, cog_server, samp
             assert flow.check_passes()
     finally:
         stac_api.delete_collection(collection)
+
+
+def test_query_as_cql2():
+    from stacchip_assets.errors import StacSourceError
+    from stacchip_assets.io.stac_search import query_as_cql2
+
+    assert query_as_cql2({"eo:cloud_cover": {"lt": 50}}) == {"op": "<", "args": [{"property": "eo:cloud_cover"}, 50]}
+    assert query_as_cql2({"platform": {"in": ["landsat-8"]}, "properties.x": 3}) == {"op": "and", "args": [
+        {"op": "in", "args": [{"property": "platform"}, ["landsat-8"]]}, {"op": "=", "args": [{"property": "x"}, 3]}]}
+    with pytest.raises(StacSourceError, match="'near' cannot be combined with polling"):
+        query_as_cql2({"x": {"near": 1}})
