@@ -69,16 +69,23 @@ def store_item_set(store: Storage, collection: str, items: list, *, search, sett
     }
 
 
+def newest_item_sets(instance) -> int | None:
+    """Storage id of the newest stac_items materialization (an item set written), None if none: the
+    combined index records the one it applied, the combined trigger compares (combined_trigger.py)."""
+    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=STAC_ITEMS_KEY), limit=1).records
+    return records[0].storage_id if records else None
+
+
 def apply_rule(context: AssetExecutionContext, store: Storage, state: dict[str, Any], *, changed, full: bool,
                committed: str | None) -> tuple[CombineReport, RulePlan]:
     """The combined update under the rule (`index.set_rule.enforce`): records in `state` the settings
     fingerprints it applied and the newest stac_items materialization it saw (the trigger compares it),
     and logs a `removed` observation on the chip_index partition of each item it removed."""
-    newest = context.instance.fetch_materializations(AssetRecordsFilter(asset_key=STAC_ITEMS_KEY), limit=1).records
+    newest = newest_item_sets(context.instance)
     result = enforce(store, changed, known_settings=state.get("settings") or {}, full=full, journal=context.run.run_id,
                      committed=committed)
     state["settings"] = dict(result.plan.governed)
-    state["item_sets_cursor"] = newest[0].storage_id if newest else None
+    state["item_sets_cursor"] = newest
     for observation in removal_observations(result.plan):
         context.log_event(observation)
     if result.plan.changes:
@@ -127,5 +134,5 @@ def combined_holds_item_sets(storage: StorageResource) -> AssetCheckResult:
     )
 
 
-__all__ = ["RULE", "apply_rule", "combined_holds_item_sets", "item_set_version", "removal_observations", "rule_metadata",
+__all__ = ["RULE", "apply_rule", "newest_item_sets", "combined_holds_item_sets", "item_set_version", "removal_observations", "rule_metadata",
            "store_item_set"]
