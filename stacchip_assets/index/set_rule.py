@@ -187,11 +187,13 @@ class RuleResult:
 def enforce(storage: Storage, changed: Iterable[Key], *, known_settings: Mapping[str, str | None] | None = None,
             full: bool = False, journal: str | None = None, committed: str | None = None) -> RuleResult:
     """Bring the combined index of `storage` to the rule: plan (:func:`plan_rule`) and apply it in one
-    journaled update. `full`: take every indexed item as changed (a rebuild; one listing of the index)."""
+    journaled update. `full`: take as changed what two folder listings show changed (a rebuild, see
+    :meth:`CombinedIndex.plan_sync`) instead of `changed`."""
     combined = CombinedIndex(storage)
     entries = combined.entries()
-    if full:
-        changed = [(c, i) for c, i, _ in storage.indexed_items()] + list(entries)
+    if full:  # per-item indexes newer than their combined copy, and combined items without one
+        newer, orphans = combined.plan_sync()
+        changed = newer + orphans
     plan = plan_rule(
         load_item_sets(storage), entries, changed, known_settings=known_settings or {},
         index_fp=lambda c, i: parquet_fingerprint(storage, Storage.index_key(c, i)),
