@@ -22,7 +22,6 @@ from typing import Any
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetExecutionContext,
     AssetKey,
     AssetObservation,
     AssetRecordsFilter,
@@ -31,9 +30,8 @@ from dagster import (
 )
 
 from stacchip_assets.dagster_defs.resources import StorageResource
-from stacchip_assets.index.combined import CombineReport
 from stacchip_assets.index.item_sets import SetChange, reconcile_item_set, settings_fingerprint, source_has
-from stacchip_assets.index.set_rule import ADD, REMOVE, REPLACE, WAIT, RulePlan, enforce, holds
+from stacchip_assets.index.set_rule import ADD, REMOVE, REPLACE, WAIT, RulePlan, holds
 from stacchip_assets.io.storage import Storage
 
 # the asset keys of dagster_defs.assets (which imports this module)
@@ -74,23 +72,6 @@ def newest_item_sets(instance) -> int | None:
     combined index records the one it applied, the combined trigger compares (combined_trigger.py)."""
     records = instance.fetch_materializations(AssetRecordsFilter(asset_key=STAC_ITEMS_KEY), limit=1).records
     return records[0].storage_id if records else None
-
-
-def apply_rule(context: AssetExecutionContext, store: Storage, state: dict[str, Any], *, changed, full: bool,
-               committed: str | None) -> tuple[CombineReport, RulePlan]:
-    """The combined update under the rule (`index.set_rule.enforce`): records in `state` the settings
-    fingerprints it applied and the newest stac_items materialization it saw (the trigger compares it),
-    and logs a `removed` observation on the chip_index partition of each item it removed."""
-    newest = newest_item_sets(context.instance)
-    result = enforce(store, changed, known_settings=state.get("settings") or {}, full=full, journal=context.run.run_id,
-                     committed=committed)
-    state["settings"] = dict(result.plan.governed)
-    state["item_sets_cursor"] = newest
-    for observation in removal_observations(result.plan):
-        context.log_event(observation)
-    if result.plan.changes:
-        context.log.info("item-set rule: %s", json.dumps(result.plan.to_json(10)["counts"]))
-    return result.report, result.plan
 
 
 def rule_metadata(plan: RulePlan) -> dict[str, Any]:
@@ -134,5 +115,5 @@ def combined_holds_item_sets(storage: StorageResource) -> AssetCheckResult:
     )
 
 
-__all__ = ["RULE", "apply_rule", "newest_item_sets", "combined_holds_item_sets", "item_set_version", "removal_observations", "rule_metadata",
+__all__ = ["RULE", "newest_item_sets", "combined_holds_item_sets", "item_set_version", "removal_observations", "rule_metadata",
            "store_item_set"]

@@ -29,7 +29,6 @@ event log, not an automation condition (issue 16).
 import dataclasses
 import datetime as dt
 import json
-import os
 import time
 from typing import Any
 
@@ -44,6 +43,7 @@ from dagster import (
 
 from stacchip_assets.errors import StacchipError
 from stacchip_assets.index.item_sets import admit_polled
+from stacchip_assets.io.settings import SENSOR_INTERVAL_ENV, Settings, load_settings
 from stacchip_assets.io.source_guards import FUTURE_TOLERANCE, SourceReport, canonical
 from stacchip_assets.io.stac_search import SELECTION_ALL
 from stacchip_assets.io.storage import Storage
@@ -57,15 +57,9 @@ TICK_BUDGET_SECONDS = 40.0
 #: Problems kept per collection in the cursor's "reported" entry.
 CURSOR_REPORTED = 20
 #: Seconds between two polls of the STAC sources (environment variable, default 60).
-SENSOR_INTERVAL_ENV = "STACCHIP_SENSOR_INTERVAL_SECONDS"
-
-
-def sensor_interval_seconds() -> int:
-    value = os.environ.get(SENSOR_INTERVAL_ENV, "").strip()
-    try:
-        return max(1, int(value)) if value else 60
-    except ValueError as exc:
-        raise StacchipError(f"{SENSOR_INTERVAL_ENV} must be a whole number of seconds, got {value!r}") from exc
+def sensor_interval_seconds(settings: Settings | None = None) -> int:
+    """`STACCHIP_SENSOR_INTERVAL_SECONDS` (default 60), from `io.settings`."""
+    return (load_settings() if settings is None else settings).sensor_interval_seconds
 
 
 #: Run tag that the run queue's concurrency limit for combined-index runs matches.
@@ -171,11 +165,12 @@ def item_set_storage(storage: StorageResource | None) -> Storage | None:
         return None
 
 
-def build_sensors(collections: list[CollectionConfig], chip_index_job, storage: StorageResource | None = None):
+def build_sensors(collections: list[CollectionConfig], chip_index_job, settings: Settings | None = None,
+                  storage: StorageResource | None = None):
     @sensor(
         name="stac_item_sensor",
         job=chip_index_job,
-        minimum_interval_seconds=sensor_interval_seconds(),
+        minimum_interval_seconds=sensor_interval_seconds(settings),
         default_status=DefaultSensorStatus.RUNNING,
         description="Polls each configured collection for items updated after the cursor; adds their "
         "chip_index partitions and requests one run per item version.",

@@ -43,6 +43,7 @@ from rasterio.crs import CRS as RioCRS
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from rasterio.transform import Affine
+from stacchip_assets.io import settings
 
 __all__ = [
     "SAMPLE_DATA_VERSION",
@@ -1136,13 +1137,7 @@ def generate_sample_catalog(out_dir: str | os.PathLike[str], *, force: bool = Fa
 
 def default_sample_dir() -> pathlib.Path:
     """``$STACCHIP_SAMPLE_DIR``, else ``$DAGSTER_HOME/stacchip_sample``, else ``~/.cache/stacchip_assets/sample``."""
-    explicit = os.environ.get("STACCHIP_SAMPLE_DIR")
-    if explicit:
-        return pathlib.Path(explicit).expanduser()
-    dagster_home = os.environ.get("DAGSTER_HOME")
-    if dagster_home:
-        return pathlib.Path(dagster_home).expanduser() / "stacchip_sample"
-    return pathlib.Path.home() / ".cache" / "stacchip_assets" / "sample"
+    return settings.default_sample_dir()
 
 
 def ensure_sample_catalog(out_dir: str | os.PathLike[str] | None = None) -> pathlib.Path:
