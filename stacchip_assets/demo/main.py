@@ -146,14 +146,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     from stacchip_assets.index.combined import CombinedIndex
 
     elapsed = time.monotonic() - started
-    counts = changes.get("counts", {})
-    print(f"items: {selected} in the configured item sets, which the combined index holds exactly (the chips of the "
-          "items in the item sets, with the current chip settings)")
-    print(f"  this run: {len(runs)} items to index found by polling ({indexed} indexed now, {skipped} already indexed); "
-          f"combined index: {counts.get('add', 0)} added, {counts.get('replace', 0)} replaced, "
-          f"{counts.get('remove', 0)} removed, {counts.get('waiting', 0)} waiting for indexing")
-    for line in changes.get("remove", [])[:10]:
-        print(f"  removed {line}")
+    print_item_sets(selected, len(runs), indexed, skipped, changes)
     for collection, totals in sorted(state.get("by_collection", {}).items()):
         print(f"  {collection:<20} {totals['items']:>4} items {totals['rows']:>7} chips")
     print(f"chips: {state.get('rows', 0)} in the combined index ({state.get('items', 0)} items)")
@@ -167,6 +160,18 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"FAILED: {', '.join(failures)}")
     print(f"done in {elapsed:.1f} s; browse it: DAGSTER_HOME={home} dagster dev -w workspace.yaml")
     return 1 if failures or failed_checks else 0
+
+
+def print_item_sets(selected: int, polled: int, indexed: int, skipped: int, changes: dict) -> None:
+    """The summary's item lines: the item sets (what the combined index holds, issue 17) and this run."""
+    counts = changes.get("counts", {})
+    print(f"items: {selected} in the configured item sets, which the combined index holds exactly (the chips of the "
+          "items in the item sets, with the current chip settings)")
+    print(f"  this run: {polled} items to index found by polling ({indexed} indexed now, {skipped} already indexed); "
+          f"combined index: {counts.get('add', 0)} added, {counts.get('replace', 0)} replaced, "
+          f"{counts.get('remove', 0)} removed, {counts.get('waiting', 0)} waiting for indexing")
+    for line in changes.get("remove", [])[:10]:
+        print(f"  removed {line}")
 
 
 def source_location(stac_source) -> tuple[str, str]:
