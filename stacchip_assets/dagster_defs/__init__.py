@@ -102,11 +102,11 @@ def build_definitions(
         "training_job", selection=AssetSelection.assets(training_set, band_statistics), executor_def=executor,
         description="Write a training set from the combined index, then its band statistics.",
     )
-    stac_item_sensor = build_sensors(collections, chip_index_job, settings)
-    combined_index_trigger = build_combined_trigger(combined_index_job, settings)
     all_resources: dict[str, Any] = default_resources(settings)
     all_resources.setdefault("dask", default_dask_resource(settings))
     all_resources.update(resources or {})
+    stac_item_sensor = build_sensors(collections, chip_index_job, settings, all_resources.get("storage"))
+    combined_index_trigger = build_combined_trigger(combined_index_job, settings)
     return Definitions(
         assets=[stac_items, chip_index, combined_index, training_set, band_statistics],
         asset_checks=[*combined_index_checks, all_indexed_items_combined],

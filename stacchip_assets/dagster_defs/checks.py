@@ -10,7 +10,9 @@ import pyarrow.compute as pc
 import shapely
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetRecordsFilter, MetadataValue, asset_check
 
+from stacchip_assets.dagster_defs.item_set_rule import combined_holds_item_sets
 from stacchip_assets.index.combined import CombinedIndex
+from stacchip_assets.index.item_sets import load_item_sets
 from stacchip_assets.dagster_defs.assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY, item_partition_key
 from stacchip_assets.dagster_defs.resources import StorageResource
 
@@ -36,7 +38,7 @@ def unique_chip_ids(storage: StorageResource) -> AssetCheckResult:
 
 
 @asset_check(asset=COMBINED_INDEX_KEY, description="Every chip-index partition materialized before the combined "
-             "index's last update has its rows in it.")
+             "index's last update has its rows in it (unless its item left its item set).")
 def every_materialized_item_present(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
     state = _combined_state(context)
     cursor = state.get("event_cursor")
@@ -44,7 +46,11 @@ def every_materialized_item_present(context: AssetCheckExecutionContext, storage
         context.instance.get_materialized_partitions(CHIP_INDEX_KEY, before_cursor=int(cursor) + 1)
         if cursor is not None else set()
     )
-    present = {item_partition_key(c, i) for c, i in CombinedIndex(storage.storage()).items()}
+    store = storage.storage()
+    present = {item_partition_key(c, i) for c, i in CombinedIndex(store).items()}
+    # items that left their item set are not expected (the rule, index.set_rule)
+    sets = load_item_sets(store)
+    expected = {k for k in expected if k.partition("/")[0] not in sets or k.partition("/")[2] in sets[k.partition("/")[0]].ids}
     missing = sorted(expected - present)
     extra = sorted(present - expected)
     return AssetCheckResult(
@@ -105,6 +111,7 @@ def combined_geometries_valid(storage: StorageResource) -> AssetCheckResult:
     )
 
 
-combined_index_checks = [unique_chip_ids, every_materialized_item_present, row_count_equals_sum, combined_geometries_valid]
+combined_index_checks = [unique_chip_ids, every_materialized_item_present, row_count_equals_sum, combined_geometries_valid,
+                         combined_holds_item_sets]
 
 __all__ = ["combined_index_checks"]

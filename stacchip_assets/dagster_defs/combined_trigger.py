@@ -65,7 +65,7 @@ from dagster import (
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from stacchip_assets.io.settings import COMBINED_INTERVAL_ENV, Settings, load_settings
-from stacchip_assets.dagster_defs.assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY
+from stacchip_assets.dagster_defs.assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY, STAC_ITEMS_KEY
 
 #: Seconds between two evaluations of the combined trigger (environment variable, default 30).
 CHECK_NAME = "all_indexed_items_combined"
@@ -188,17 +188,33 @@ def _signature(state: Backlog) -> tuple[bool, int, int, int]:
             state.cursor if state.cursor is not None else -1)
 
 
+def item_sets_changed(instance: DagsterInstance) -> bool:
+    """Whether a stac_items materialization (an item set changed: items superseded, withdrawn, settings)
+    is newer than the one the latest combined materialization applied (its ``state.item_sets_cursor``)."""
+    newest = instance.fetch_materializations(AssetRecordsFilter(asset_key=STAC_ITEMS_KEY), limit=1).records
+    if not newest:
+        return False
+    event = instance.get_latest_materialization_event(COMBINED_INDEX_KEY)
+    state = event.asset_materialization.metadata.get("state") if event and event.asset_materialization else None
+    applied = dict(state.value).get("item_sets_cursor") if state is not None else None
+    return applied is None or newest[0].storage_id > int(applied)
+
+
 def decide(instance: DagsterInstance) -> tuple[RunRequest | None, str, Backlog]:
     """(run request or None, why, backlog) of one tick. The backlog is read before the runs: a run
-    found queued then has not read the event log yet, so it includes everything the backlog saw."""
+    found queued then has not read the event log yet, so it includes everything the backlog saw.
+    A changed item set (issue 17) also needs a combined run, to apply its removals."""
     state = backlog(instance)
-    if not state.behind:
+    sets_changed = item_sets_changed(instance)
+    if not state.behind and not sets_changed:
         return None, f"up to date: the combined index includes every chip_index materialization (cursor {state.cursor})", state
     active = active_combined_runs(instance)
     if active:
         return None, (f"{len(state.items)} items not yet combined; combined run {active[0]} is queued or running "
                       "(the next tick after it ends requests another if it leaves any behind)"), state
     request = RunRequest(tags={"stacchip/role": "combine", "stacchip/combine_through": str(state.latest)})
+    if not state.behind:
+        return request, "an item set changed since the last combined run: one combined run", state
     return request, f"{len(state.items)} items not yet combined (since {state.oldest_utc()}): one combined run", state
 
 

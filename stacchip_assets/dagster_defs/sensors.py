@@ -26,6 +26,7 @@ event log, not an automation condition (issue 16).
 """
 
 
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -41,11 +42,14 @@ from dagster import (
 )
 
 from stacchip_assets.errors import StacchipError
+from stacchip_assets.index.item_sets import admit_polled
 from stacchip_assets.io.settings import Settings, load_settings
 from stacchip_assets.io.source_guards import FUTURE_TOLERANCE, SourceReport, canonical
+from stacchip_assets.io.stac_search import SELECTION_ALL
+from stacchip_assets.io.storage import Storage
 from stacchip_assets.dagster_defs.assets import ITEM_PARTITIONS_NAME, item_partition_key
 from stacchip_assets.dagster_defs.presets import CollectionConfig
-from stacchip_assets.dagster_defs.resources import StacSourceResource
+from stacchip_assets.dagster_defs.resources import StacSourceResource, StorageResource
 
 CURSOR_VERSION = 1
 #: Stop polling (further pages or collections) after this long (a tick times out after 60 s).
@@ -89,6 +93,7 @@ def poll_new_items(
     cursor: dict[str, tuple[str, str]],
     instance=None,
     reports: dict[str, list[str]] | None = None,
+    storage: Storage | None = None,
 ) -> tuple[list[RunRequest], list[str], dict[str, tuple[str, str]], dict[str, Any]]:
     """(run requests, new partition keys, new cursor, per-collection counts) of one tick; what each
     collection's poll skipped or stopped on goes to `reports` ({collection: lines}).
@@ -96,6 +101,10 @@ def poll_new_items(
     At most `stac_source.max_items_per_tick` items per collection, oldest `updated` first; the
     partition keys that `instance` already has are left out of the new ones (one query for all of
     the tick's keys). Without an instance every key counts as new (Dagster skips existing ones).
+    With `storage`, a collection whose item set is stored is polled without its selection rule and the
+    polled items join the set incrementally (`index.item_sets.admit_polled`: a better item evicts the
+    one it replaces in its tile-quarter; no search of the whole collection per tick); only the items
+    selected are indexed.
     """
     reports = reports if reports is not None else {}
     source = stac_source.source()
@@ -109,11 +118,17 @@ def poll_new_items(
             counts[config.collection] = "deferred to the next tick"
             continue
         report = SourceReport()
-        polled = source.poll(config.collection, config.search, after=cursor.get(config.collection),
+        incremental = storage is not None and storage.exists(storage.item_set_key(config.collection))
+        params = config.search
+        if incremental and params.selection != SELECTION_ALL:
+            params = dataclasses.replace(params, selection=SELECTION_ALL, max_items=None)
+        polled = source.poll(config.collection, params, after=cursor.get(config.collection),
                              limit=stac_source.max_items_per_tick, report=report, deadline=deadline)
+        admitted = admit_polled(storage, source, config.collection, polled, params=config.search) if incremental else None
         if report:
             reports[config.collection] = report.lines(CURSOR_REPORTED)
-        for item in polled:
+        selected = admitted[0] if admitted is not None else polled
+        for item in selected:
             key = item_partition_key(item.collection, item.item_id)
             keys.append(key)
             runs.append(RunRequest(
@@ -123,7 +138,7 @@ def poll_new_items(
             ))
         if polled:
             new_cursor[config.collection] = polled[-1].position
-        counts[config.collection] = len(polled)
+        counts[config.collection] = len(selected)
     existing = existing_partitions(instance, keys) if instance is not None and keys else set()
     new_partitions = list(dict.fromkeys(k for k in keys if k not in existing))
     return runs, new_partitions, new_cursor, counts
@@ -138,7 +153,20 @@ def existing_partitions(instance, keys: list[str]) -> set[str]:
     return set(instance.get_dynamic_partitions(ITEM_PARTITIONS_NAME)) & set(keys)
 
 
-def build_sensors(collections: list[CollectionConfig], chip_index_job, settings: Settings | None = None):
+def item_set_storage(storage: StorageResource | None) -> Storage | None:
+    """The storage of the item sets, from the code location's `storage` resource (bound when the
+    definitions are built: declaring it as a sensor resource would change the sensor's signature);
+    None if it cannot be opened (the collections then poll as before, with their rule)."""
+    if storage is None:
+        return None
+    try:
+        return storage.process_config_and_initialize().storage()
+    except Exception:  # noqa: BLE001 - no storage configured: no incremental item sets
+        return None
+
+
+def build_sensors(collections: list[CollectionConfig], chip_index_job, settings: Settings | None = None,
+                  storage: StorageResource | None = None):
     @sensor(
         name="stac_item_sensor",
         job=chip_index_job,
@@ -153,7 +181,7 @@ def build_sensors(collections: list[CollectionConfig], chip_index_job, settings:
         reports: dict[str, list[str]] = {}
         try:
             runs, partitions, new_cursor, counts = poll_new_items(collections, stac_source, cursor, context.instance,
-                                                                  reports)
+                                                                  reports, item_set_storage(storage))
         except StacchipError as exc:  # fail the tick; the cursor is not moved
             raise type(exc)(f"polling {stac_source.describe()} failed, cursor kept: {exc}") from exc
         horizon = canonical(dt.datetime.now(dt.timezone.utc) + FUTURE_TOLERANCE)

@@ -11,7 +11,7 @@ does what the running code location does over time, in one go and in process:
 3. runs ``combined_index_job`` (the incremental combine and its checks);
 
 then prints a short summary. Run it again and only what changed is redone. Afterwards
-``DAGSTER_HOME=$PWD/.dagster_home dagster dev -w workspace.yaml`` shows the materializations,
+``cd .dagster_home && DAGSTER_HOME=$PWD dg dev -w ../workspace.yaml`` shows the materializations,
 their metadata and the lineage.
 """
 
@@ -68,16 +68,17 @@ def _metadata_value(event: Any, name: str, default: object) -> object:
     return materialization.metadata[name].value
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stacchip_assets.demo.main", description=__doc__.split("\n\n")[0])
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m stacchip_assets.demo.main", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--home", help="Dagster home (default: $DAGSTER_HOME or ./.dagster_home)")
     parser.add_argument("--catalog", help="static STAC catalog.json (default: $STACCHIP_STAC_CATALOG or the sample)")
     parser.add_argument("--api", help="STAC API URL instead of a static catalog (default: $STACCHIP_STAC_API_URL)")
     parser.add_argument("--storage", help="storage base (default: $STACCHIP_STORAGE_BASE or $DAGSTER_HOME/stacchip)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    started = time.monotonic()
-    home = prepare_home(args.home)
+
+def _apply_args(args: argparse.Namespace) -> None:
+    """The command line's choices, as the environment variables the code location's settings read."""
     if args.catalog:
         os.environ["STACCHIP_STAC_CATALOG"] = str(Path(args.catalog).absolute())
     if args.api:
@@ -85,16 +86,81 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.storage:
         os.environ["STACCHIP_STORAGE_BASE"] = args.storage
 
-    # imported after DAGSTER_HOME and the environment are set: resources bind to them
-    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-    from stacchip_assets.dagster_defs import (
-        COMBINED_INDEX_KEY,
-        ITEM_PARTITIONS_NAME,
-        build_definitions,
-        load_collections,
+def _materialize_item_sets(defs: Any, collections: list, instance: Any, failures: list[str]) -> int:
+    """1. the stac_items partitions; returns how many items the sets hold."""
+    stac_items_job = defs.resolve_job_def("stac_items_job")
+    selected = 0
+    for config in collections:
+        result = stac_items_job.execute_in_process(
+            partition_key=config.collection, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
+        )
+        if not result.success:
+            failures.append(f"stac_items[{config.collection}]")
+            continue
+        event = instance.get_latest_materialization_event(defs.get_assets_def("stac_items").key)
+        selected += int(cast(int, _metadata_value(event, "count", 0)))
+    return selected
+
+
+def _index_items(defs: Any, runs: list, instance: Any, failures: list[str]) -> tuple[int, int]:
+    """2. the chip_index runs the sensor would request, skipping run keys already done; (indexed, skipped)."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    chip_index_job = defs.resolve_job_def("chip_index_job")
+    indexed = skipped = 0
+    for request in runs:
+        run_key = request.run_key
+        assert run_key is not None, "poll_new_items gives every request a run key"
+        done = instance.get_runs(
+            filters=RunsFilter(tags={"dagster/sensor_name": SENSOR_NAME, "dagster/run_key": run_key},
+                               statuses=[DagsterRunStatus.SUCCESS]),
+            limit=1,
+        )
+        if done:
+            skipped += 1
+            continue
+        tags = {**request.tags, "dagster/sensor_name": SENSOR_NAME, "dagster/run_key": run_key}
+        result = chip_index_job.execute_in_process(
+            partition_key=request.partition_key, instance=instance, tags=tags, run_config=QUIET_RUN_CONFIG,
+            raise_on_error=False,
+        )
+        if result.success:
+            indexed += 1
+        else:
+            failures.append(f"chip_index[{request.partition_key}]")
+    return indexed, skipped
+
+
+def _combine(defs: Any, instance: Any, failures: list[str]) -> tuple[list[str], dict, dict]:
+    """3. the combined index and its checks; (failed checks, state, changes) of its materialization."""
+    from stacchip_assets.dagster_defs import COMBINED_INDEX_KEY
+
+    result = defs.resolve_job_def("combined_index_job").execute_in_process(
+        instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
     )
+    if not result.success:
+        failures.append("combined_index")
+    failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+    event = instance.get_latest_materialization_event(COMBINED_INDEX_KEY)
+    state = dict(cast(dict, _metadata_value(event, "state", {})))
+    changes = dict(cast(dict, _metadata_value(event, "changes", {})))
+    return failed_checks, state, changes
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Materialize the whole graph on the configured source (default: the sample catalog), print a summary."""
+    args = _parse_args(argv)
+    started = time.monotonic()
+    home = prepare_home(args.home)
+    _apply_args(args)
+
+    # imported after DAGSTER_HOME and the environment are set: resources bind to them
+    from dagster import DagsterInstance
+
+    from stacchip_assets.dagster_defs import ITEM_PARTITIONS_NAME, build_definitions, load_collections
     from stacchip_assets.dagster_defs.sensors import poll_new_items
+    from stacchip_assets.index.combined import CombinedIndex
 
     collections = load_collections()
     defs = build_definitions(collections)
@@ -106,63 +172,16 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     failures: list[str] = []
     with DagsterInstance.get() as instance:
-        # 1. item sets
-        stac_items_job = defs.resolve_job_def("stac_items_job")
-        selected = 0
-        for config in collections:
-            result = stac_items_job.execute_in_process(
-                partition_key=config.collection, instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
-            )
-            if not result.success:
-                failures.append(f"stac_items[{config.collection}]")
-                continue
-            event = instance.get_latest_materialization_event(defs.get_assets_def("stac_items").key)
-            selected += int(cast(int, _metadata_value(event, "count", 0)))
-
-        # 2. per-item chip indexes, as the sensor would request them
-        runs, new_partitions, _cursor, _counts = poll_new_items(collections, stac_source, {}, instance)
+        selected = _materialize_item_sets(defs, collections, instance, failures)
+        runs, new_partitions, _cursor, _counts = poll_new_items(collections, stac_source, {}, instance,
+                                                                 storage=storage)
         if new_partitions:
             instance.add_dynamic_partitions(ITEM_PARTITIONS_NAME, new_partitions)
-        chip_index_job = defs.resolve_job_def("chip_index_job")
-        indexed = skipped = 0
-        for request in runs:
-            run_key = request.run_key
-            assert run_key is not None, "poll_new_items gives every request a run key"
-            done = instance.get_runs(
-                filters=RunsFilter(
-                    tags={"dagster/sensor_name": SENSOR_NAME, "dagster/run_key": run_key},
-                    statuses=[DagsterRunStatus.SUCCESS],
-                ),
-                limit=1,
-            )
-            if done:
-                skipped += 1
-                continue
-            tags = {**request.tags, "dagster/sensor_name": SENSOR_NAME, "dagster/run_key": run_key}
-            result = chip_index_job.execute_in_process(
-                partition_key=request.partition_key, instance=instance, tags=tags, run_config=QUIET_RUN_CONFIG,
-                raise_on_error=False,
-            )
-            if result.success:
-                indexed += 1
-            else:
-                failures.append(f"chip_index[{request.partition_key}]")
-
-        # 3. the combined index and its checks
-        result = defs.resolve_job_def("combined_index_job").execute_in_process(
-            instance=instance, run_config=QUIET_RUN_CONFIG, raise_on_error=False
-        )
-        if not result.success:
-            failures.append("combined_index")
-        failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
-        event = instance.get_latest_materialization_event(COMBINED_INDEX_KEY)
-        state = dict(cast(dict, _metadata_value(event, "state", {})))
-
-    from stacchip_assets.index.combined import CombinedIndex
+        indexed, skipped = _index_items(defs, runs, instance, failures)
+        failed_checks, state, changes = _combine(defs, instance, failures)
 
     elapsed = time.monotonic() - started
-    print(f"items: {len(runs)} found by polling ({indexed} indexed now, {skipped} already indexed); "
-          f"{selected} in the configured item sets")
+    print_item_sets(selected, len(runs), indexed, skipped, changes)
     for collection, totals in sorted(state.get("by_collection", {}).items()):
         print(f"  {collection:<20} {totals['items']:>4} items {totals['rows']:>7} chips")
     print(f"chips: {state.get('rows', 0)} in the combined index ({state.get('items', 0)} items)")
@@ -174,8 +193,22 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"failed checks: {', '.join(failed_checks)}")
     if failures:
         print(f"FAILED: {', '.join(failures)}")
-    print(f"done in {elapsed:.1f} s; browse it: DAGSTER_HOME={home} dagster dev -w workspace.yaml")
+    workspace = Path(__file__).resolve().parents[2] / "workspace.yaml"  # the repository's, in a source checkout
+    print(f"done in {elapsed:.1f} s; browse it: cd {home} && DAGSTER_HOME=$PWD dg dev -w "
+          f"{workspace if workspace.exists() else 'workspace.yaml'}")
     return 1 if failures or failed_checks else 0
+
+
+def print_item_sets(selected: int, polled: int, indexed: int, skipped: int, changes: dict) -> None:
+    """The summary's item lines: the item sets (what the combined index holds, issue 17) and this run."""
+    counts = changes.get("counts", {})
+    print(f"items: {selected} in the configured item sets, which the combined index holds exactly (the chips of the "
+          "items in the item sets, with the current chip settings)")
+    print(f"  this run: {polled} items to index found by polling ({indexed} indexed now, {skipped} already indexed); "
+          f"combined index: {counts.get('add', 0)} added, {counts.get('replace', 0)} replaced, "
+          f"{counts.get('remove', 0)} removed, {counts.get('waiting', 0)} waiting for indexing")
+    for line in changes.get("remove", [])[:10]:
+        print(f"  removed {line}")
 
 
 def source_location(stac_source) -> tuple[str, str]:

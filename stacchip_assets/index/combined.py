@@ -170,22 +170,27 @@ class CombinedIndex:
         """The id of the update that wrote the current journal (None if there is none)."""
         return self.storage.read_json(JOURNAL_KEY).get("id") if self.storage.exists(JOURNAL_KEY) else None
 
-    def update(self, items: Iterable[tuple[str, str]], *, journal: str | None = None,
-               committed: str | None = None) -> CombineReport:
-        """Bring the given items up to date (upsert each; items without a per-item index are removed).
+    def update(self, items: Iterable[tuple[str, str]], *, remove: Iterable[tuple[str, str]] = (),
+               journal: str | None = None, committed: str | None = None) -> CombineReport:
+        """Bring the given items up to date (upsert each; items without a per-item index are removed)
+        and remove the items of `remove` (whether or not they have a per-item index).
 
         With `journal` (an id of this update, e.g. the run id) and `committed` (the id of the last
         update whose report the caller recorded), what each item had before is journaled first, so a
         caller's totals stay exact after an update that died half-way (see the module docstring).
         """
         report = CombineReport()
-        keys = list(dict.fromkeys(items))  # de-duplicated, order kept
-        if journal is not None and keys:
-            self._journal_baselines(keys, journal, committed, report)
-        with self._registered(keys) as reports:
+        removals = list(dict.fromkeys(remove))
+        removing = set(removals)
+        keys = [k for k in dict.fromkeys(items) if k not in removing]  # de-duplicated, order kept
+        if journal is not None and (keys or removals):
+            self._journal_baselines(keys + removals, journal, committed, report)
+        with self._registered(keys + removals) as reports:
             reports.append(report)
             for collection, item_id in keys:
                 self.upsert(collection, item_id, report)
+            for collection, item_id in removals:
+                self.remove(collection, item_id, report)
         return report
 
     def plan_sync(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

@@ -7,7 +7,13 @@ turns the result into metadata.
 
 State keys: ``event_cursor`` (last chip-index event storage id seen), ``journal`` (id of the update
 whose journal is accounted for, see `index.combined`), ``items``/``rows`` and ``by_collection``
-(exact totals), ``version`` (a rolling hash over the updates: the asset's data version).
+(exact totals), ``version`` (a rolling hash over the updates: the asset's data version),
+``settings`` (each governed collection's chip-settings fingerprint the last update applied) and
+``item_sets_cursor`` (the newest stac_items materialization it saw, recorded by the asset).
+
+Every update applies the rule of `index.set_rule` (the combined index = the chips of the items in the
+item sets, with the collection's current chip settings): the items changed since the cursor are
+upserted if their set holds them, and items that left their set are removed, with the reason.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 from stacchip_assets.index import compaction
 from stacchip_assets.index.combined import CombinedIndex, CombineReport
+from stacchip_assets.index.set_rule import RulePlan, enforce
 from stacchip_assets.io.storage import Storage
 
 __all__ = [
@@ -33,6 +40,7 @@ class UpdateOutcome:
     report: CombineReport
     changes: list[tuple[str, str]]
     item_versions: dict[str, str] = field(default_factory=dict)
+    plan: RulePlan = field(default_factory=RulePlan)
 
 
 def initial_state(previous: dict[str, Any] | None, full_rebuild: bool) -> dict[str, Any]:
@@ -72,23 +80,28 @@ def recount_totals(state: dict[str, Any], combined: CombinedIndex, store: Storag
 
 def update_incremental(combined: CombinedIndex, state: dict[str, Any], items: list[tuple[str, str]],
                        item_versions: dict[str, str], last_cursor: int | None, journal: str) -> UpdateOutcome:
-    """Combine the items that changed after the state's cursor; move the cursor and the totals."""
-    report = combined.update(items, journal=journal, committed=state.get("journal"))
+    """Combine the items that changed after the state's cursor under the rule (`index.set_rule.enforce`:
+    items outside their item set are left out or removed); move the cursor and the totals."""
+    result = enforce(combined.storage, items, known_settings=state.get("settings") or {}, journal=journal,
+                     committed=state.get("journal"))
+    report = result.report
     apply_totals(state, report)
     state["event_cursor"] = last_cursor
-    if items:
+    state["settings"] = dict(result.plan.governed)
+    if report.rows_by_item:
         state["journal"] = journal
-    return UpdateOutcome(report, list(items), dict(item_versions))
+    return UpdateOutcome(report, sorted(set(report.upserted + report.removed)), dict(item_versions), result.plan)
 
 
 def rebuild(combined: CombinedIndex, store: Storage, state: dict[str, Any], last_cursor: int | None,
             journal: str) -> UpdateOutcome:
     """Re-derive the combined index from the files (two folder listings); totals recounted from them."""
-    report = combined.sync(journal=journal, committed=state.get("journal"))
+    result = enforce(store, [], full=True, journal=journal, committed=state.get("journal"))
+    report = result.report
     # totals are recounted from the files: whatever journal is there is accounted for
-    state.update({"event_cursor": last_cursor, "journal": combined.journal_id()})
+    state.update({"event_cursor": last_cursor, "journal": combined.journal_id(), "settings": dict(result.plan.governed)})
     recount_totals(state, combined, store)
-    return UpdateOutcome(report, sorted(report.upserted + report.removed))
+    return UpdateOutcome(report, sorted(report.upserted + report.removed), plan=result.plan)
 
 
 def roll_version(state: dict[str, Any], outcome: UpdateOutcome, store: Storage) -> str:

@@ -26,6 +26,7 @@ from stacchip_assets.core.limits import ReadLimits
 from stacchip_assets.core.stac import item_bbox
 from stacchip_assets.errors import InvalidItemError, StacchipError
 from stacchip_assets.index.chip_indexer import INDEXERS, ChipIndexer, Indexer, indexer_class_for
+from stacchip_assets.index.item_sets import SETTINGS_METADATA_KEY, settings_fingerprint
 from stacchip_assets.index.quicklook import DEFAULT_SIZE, render_quicklook
 from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.io.stac_source import item_updated
@@ -308,6 +309,9 @@ def _index_item(item: pystac.Item, storage: Storage, settings: ChipSettings, col
     if table.num_rows:  # the partition's collection wins over an item that names none or another
         table = table.set_column(table.schema.get_field_index("collection"), table.schema.field("collection"),
                                  pa.array([collection] * table.num_rows, pa.string()))
+    # the settings it was cut with, in the footer (the combined index's rule compares them, index.set_rule)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           SETTINGS_METADATA_KEY.encode(): settings_fingerprint(settings.to_dict()).encode()})
     total = indexer.size
     kept = table.num_rows
     explanation = explain_empty(indexer, total, kept)

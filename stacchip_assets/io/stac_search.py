@@ -288,6 +288,27 @@ def filter_items(items: Iterable[pystac.Item], params: SearchParams, report: Sou
         return out
 
 
+_CQL2_OPS = {"eq": "=", "neq": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+
+
+def query_as_cql2(query: Mapping[str, Any]) -> dict[str, Any]:
+    """The STAC API `query` extension as CQL2-JSON (servers such as pgstac refuse `query` beside a
+    CQL2 filter, which polling adds for its cursor)."""
+    args: list[dict[str, Any]] = []
+    for name, tests in query.items():
+        prop = {"property": name.removeprefix("properties.")}
+        for op, value in (tests.items() if isinstance(tests, Mapping) else [("eq", tests)]):
+            if op in _CQL2_OPS:
+                args.append({"op": _CQL2_OPS[op], "args": [prop, value]})
+            elif op == "in":
+                args.append({"op": "in", "args": [prop, list(value)]})
+            elif op == "startsWith":
+                args.append({"op": "like", "args": [prop, f"{value}%"]})
+            else:
+                raise StacSourceError(f"query operator {op!r} cannot be combined with polling (no CQL2 equivalent)")
+    return args[0] if len(args) == 1 else {"op": "and", "args": args}
+
+
 def apply_selection(items: list[pystac.Item], params: SearchParams) -> list[pystac.Item]:
     if params.selection == SELECTION_LEAST_CLOUDY:
         return select_least_cloudy_per_tile_quarter(items, params.tile_properties, params.cloud_property)
@@ -296,5 +317,5 @@ def apply_selection(items: list[pystac.Item], params: SearchParams) -> list[pyst
 
 __all__ = [
     "DEFAULT_TILE_PROPERTIES", "SELECTIONS", "SELECTION_ALL", "SELECTION_LEAST_CLOUDY", "SearchParams", "apply_selection",
-    "filter_items", "select_least_cloudy_per_tile_quarter", "tile_of",
+    "filter_items", "query_as_cql2", "select_least_cloudy_per_tile_quarter", "tile_of",
 ]

@@ -66,6 +66,7 @@ from stacchip_assets.io.stac_search import (
     _item_time,
     apply_selection,
     filter_items,
+    query_as_cql2,
     select_least_cloudy_per_tile_quarter,
     tile_of,
 )
@@ -313,13 +314,16 @@ class StacApiSource(StacSource):
         walk with ``report.truncated`` set (``"stop"``); so does a passed `deadline` (always "stop")."""
         filter_ = params.filter
         filter_lang = params.filter_lang
+        query = params.query
         if extra_filter is not None:
             if isinstance(filter_, str):
                 raise self._error("polling", "combine a CQL2-JSON filter with polling, not CQL2 text")
+            if query:  # pgstac refuses `query` beside a CQL2 filter: the same conditions in CQL2
+                extra_filter, query = {"op": "and", "args": [query_as_cql2(query), extra_filter]}, None
             filter_ = {"op": "and", "args": [filter_, extra_filter]} if filter_ else extra_filter
             filter_lang = "cql2-json"
         kwargs: dict[str, Any] = {
-            "collections": [collection], "bbox": params.bbox, "datetime": params.datetime, "query": params.query,
+            "collections": [collection], "bbox": params.bbox, "datetime": params.datetime, "query": query,
             "filter": filter_, "filter_lang": filter_lang, "sortby": sortby if sortby is not None else params.sortby,
             "limit": self.page_size, "ids": ids,
         }  # max_items is counted by the caller, on distinct items (a repeated item is no new one)

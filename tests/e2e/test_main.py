@@ -47,7 +47,9 @@ def main_run(tmp_path_factory):
 def test_main_prints_the_summary(main_run):
     home, out, elapsed, _ = main_run
     assert elapsed < 300
-    assert f"items: {TOTAL_ITEMS} found by polling ({TOTAL_ITEMS} indexed now" in out
+    assert f"items: {TOTAL_ITEMS} in the configured item sets, which the combined index holds exactly" in out
+    assert f"{TOTAL_ITEMS} items to index found by polling ({TOTAL_ITEMS} indexed now" in out
+    assert f"combined index: {TOTAL_ITEMS} added, 0 replaced, 0 removed, 0 waiting for indexing" in out
     chips = int(re.search(r"chips: (\d+) in the combined index", out).group(1))
     assert chips > 0
     assert f"combined index: {home / 'stacchip' / 'combined'}" in out

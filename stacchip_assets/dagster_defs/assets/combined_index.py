@@ -29,6 +29,7 @@ from stacchip_assets.dagster_defs.assets.common import (
     md_table,
     split_item_partition_key,
 )
+from stacchip_assets.dagster_defs.item_set_rule import RULE, newest_item_sets, removal_observations, rule_metadata
 from stacchip_assets.dagster_defs.resources import StorageResource
 from stacchip_assets.errors import StacchipError
 from stacchip_assets.index import combined_state
@@ -114,6 +115,10 @@ def _summary(state: dict[str, Any], outcome: UpdateOutcome, uri: str, compacted:
         "`stacchip_assets.index.combined.read_combined(base)`; pixels with `stacchip_assets.index.reader.read_chip(row)`.",
         "",
         compacted["summary"],
+        "",
+        f"Item sets ({RULE}):",
+        "",
+        outcome.plan.markdown(20),
     ])
 
 
@@ -123,6 +128,7 @@ def update_combined_index(context: AssetExecutionContext, config: CombinedIndexC
     store = storage.storage()
     combined = CombinedIndex(store)
     state = combined_state.initial_state(_previous_state(context), config.full_rebuild)
+    item_sets_cursor = newest_item_sets(context.instance)  # read first: a set changed later is the next run's
     if config.full_rebuild:
         _, last = changed_items_since(context.instance, None)
         outcome = combined_state.rebuild(combined, store, state, last, context.run_id)
@@ -130,6 +136,9 @@ def update_combined_index(context: AssetExecutionContext, config: CombinedIndexC
         changed, last = changed_items_since(context.instance, state.get("event_cursor"))
         items = [split_item_partition_key(k) for k in sorted(changed)]
         outcome = combined_state.update_incremental(combined, state, items, changed, last, context.run_id)
+    state["item_sets_cursor"] = item_sets_cursor
+    for observation in removal_observations(outcome.plan):  # the chip_index partitions of removed items say so
+        context.log_event(observation)
     version = combined_state.roll_version(state, outcome, store)
     report = outcome.report
     context.log.info(
@@ -147,6 +156,7 @@ def update_combined_index(context: AssetExecutionContext, config: CombinedIndexC
             "rows_removed": MetadataValue.int(report.rows_removed),
             "path": MetadataValue.path(combined.uri),
             "summary": MetadataValue.md(_summary(state, outcome, combined.uri, compacted)),
+            **rule_metadata(outcome.plan),
             "full_rebuild": MetadataValue.bool(bool(config.full_rebuild)),
             "state": MetadataValue.json(state),
             "compaction": MetadataValue.json(compacted["report"]),

@@ -4,13 +4,13 @@ Stored as ``{base}/{collection}/{item_id}/stac_item.json`` plus an item-set list
 ``{base}/item_sets/``. Wiring only: the search is `io.stac_source`, the pruning `index.item_index`.
 """
 
-import hashlib
 import json
 from typing import Any
 
 from dagster import AssetExecutionContext, AssetsDefinition, DataVersion, MaterializeResult, MetadataValue, asset
 
 from stacchip_assets.dagster_defs.assets.common import STAC_ITEMS_CODE_VERSION, STAC_ITEMS_KEY, failure, md_table
+from stacchip_assets.dagster_defs.item_set_rule import item_set_version, store_item_set
 from stacchip_assets.dagster_defs.presets import CollectionConfig
 from stacchip_assets.dagster_defs.resources import ChipSettingsResource, StacSourceResource, StorageResource
 from stacchip_assets.errors import StacchipError
@@ -54,20 +54,27 @@ def build_stac_items(by_collection: dict[str, CollectionConfig], partitions_def)
             "search": json.loads(params_json(config.search)),
             "items": [{**s, "stored": store.uri(store.item_key(config.collection, s["id"]))} for s in summaries],
         }
-        listing_uri = store.write_json(store.item_set_key(config.collection), listing)
+        try:  # the set replaces the previous one; why items left is recorded (index.item_sets)
+            _, set_metadata = store_item_set(store, config.collection, items, search=config.search,
+                                             settings=settings.to_dict(), source=stac_source.source(), listing=listing)
+        except StacchipError as exc:
+            raise failure(exc, f"item set of {config.collection}") from exc
+        listing_uri = store.uri(store.item_set_key(config.collection))
         context.log.info("%s: %d items selected from %s", config.collection, len(items), stac_source.describe())
-        return item_set_result(config, summaries, report, stac_source.describe(), listing_uri)
+        result = item_set_result(config, summaries, report, stac_source.describe(), listing_uri, settings.to_dict())
+        return MaterializeResult(metadata={**result.metadata, **set_metadata}, data_version=result.data_version)
 
     return stac_items
 
 
 def item_set_result(config: CollectionConfig, summaries: list[dict[str, Any]], report: SourceReport, source: str,
-                    listing_uri: str) -> MaterializeResult:
+                    listing_uri: str, settings: dict[str, Any] | None = None) -> MaterializeResult:
     """The materialization of one item set: counts, time span, a table of the first 100 items, and a
-    data version that changes when an item is added, removed or updated."""
+    data version that changes when an item is added, removed or updated, or the collection's chip
+    settings change (then Dagster shows its chip_index partitions stale)."""
     times = sorted(s["datetime"] for s in summaries if s["datetime"])
     span = f"{times[0]} .. {times[-1]}" if times else "no items"
-    version = hashlib.sha256(json.dumps(sorted((s["id"], s["updated"]) for s in summaries)).encode()).hexdigest()
+    version = item_set_version(summaries, settings or {})
     table = md_table(
         ["item", "datetime", "cloud cover %", "tile", "updated"],
         [(s["id"], s["datetime"], s["cloud_cover"], s["tile"], s["updated"]) for s in summaries[:100]],
