@@ -25,6 +25,7 @@ from stacchip_assets.core.hrefs import HrefPolicy, strip_credentials
 from stacchip_assets.index.chip_indexer import INDEXERS, ChipIndexer, Indexer, indexer_class_for
 from stacchip_assets.core.limits import ReadLimits
 from stacchip_assets.core.ids import validate_id
+from stacchip_assets.index.gallery import Gallery, render_gallery
 from stacchip_assets.index.quicklook import DEFAULT_SIZE, render_quicklook
 from stacchip_assets.core.stac import item_bbox
 from stacchip_assets.io.stac_source import item_updated
@@ -97,6 +98,10 @@ class ItemIndexResult:
     content_hash: str
     explanation: str | None
     checks: list[CheckOutcome]
+    #: the true-colour gallery of a few chips (index.gallery); None with no rows or when it failed
+    gallery: Gallery | None = None
+    #: why there is no gallery although the index has rows (a band COG unreadable: reported, not fatal)
+    gallery_error: str | None = None
 
     def distribution(self, column: str) -> dict[str, float]:
         """Quantiles and mean of a statistic column over the kept chips (empty if none)."""
@@ -197,7 +202,20 @@ def _quicklook(item: pystac.Item, indexer: ChipIndexer, table: pa.Table, size: t
         indexer.grid.footprints(xs[dropped], ys[dropped]) if dropped.any() else None,
         _footprint(item),
         size=size,
+        chip_max_nodata=indexer.chip_max_nodata,
     )
+
+
+def _gallery(indexer: ChipIndexer, table: pa.Table, count: int) -> tuple[Gallery | None, str | None]:
+    """The gallery of `count` chips, or why not. The index does not need these band reads, so a
+    band COG that cannot be read costs the picture, not the index (the error is reported)."""
+    if count <= 0 or table.num_rows == 0:
+        return None, None
+    try:
+        return render_gallery(indexer, table, count), None
+    except (StacchipError, ValueError, OSError) as exc:
+        log.warning("%s: no gallery: %s", indexer.item.id, exc)
+        return None, f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 def check_index(table: pa.Table, item: pystac.Item, settings: ChipSettings, explanation: str | None,
@@ -266,12 +284,14 @@ def index_item(
     quicklook_size: tuple[int, int] = DEFAULT_SIZE,
     href_policy: HrefPolicy | None = None,
     limits: ReadLimits | None = None,
+    gallery_chips: int = 4,
 ) -> ItemIndexResult:
     """Index one item and store item JSON, index and quicklook under `storage`.
 
     All pixel reads happen before the first write: a failure leaves the stored files untouched.
     `href_policy` refuses asset hrefs the (untrusted) item must not make us open; `limits` bounds
-    what its metadata may make us allocate. Malformed metadata raises a StacchipError subclass
+    what its metadata may make us allocate. `gallery_chips` chips are read for the gallery (0: none).
+    Malformed metadata raises a StacchipError subclass
     (InvalidItemError at the least), never a bare ValueError/TypeError.
     """
     if not isinstance(item.id, str):
@@ -282,7 +302,7 @@ def index_item(
         raise StacchipError("the item has no collection id", item_id=item.id)
     validate_id(collection, "collection")
     try:
-        return _index_item(item, storage, settings, collection, quicklook_size, href_policy, limits)
+        return _index_item(item, storage, settings, collection, quicklook_size, href_policy, limits, gallery_chips)
     except (ValueError, TypeError, IndexError, KeyError, OverflowError, ZeroDivisionError, AttributeError,
             shapely.errors.ShapelyError) as exc:
         # A field no check above foresaw: still the item's fault, reported as such (not retried).
@@ -291,7 +311,7 @@ def index_item(
 
 def _index_item(item: pystac.Item, storage: Storage, settings: ChipSettings, collection: str,
                 quicklook_size: tuple[int, int], href_policy: HrefPolicy | None,
-                limits: ReadLimits | None) -> ItemIndexResult:
+                limits: ReadLimits | None, gallery_chips: int = 4) -> ItemIndexResult:
     """The work of :func:`index_item`: read and compute everything, then write."""
     source_href = item.get_self_href()
     if source_href:  # recorded in metadata: never with a signed URL's token
@@ -312,6 +332,7 @@ def _index_item(item: pystac.Item, storage: Storage, settings: ChipSettings, col
     explanation = explain_empty(indexer, total, kept)
 
     png = _quicklook(item, indexer, table, quicklook_size)
+    gallery, gallery_error = _gallery(indexer, table, gallery_chips)
     checks = check_index(table, item, settings, explanation)
 
     # writes, each atomic; the index last but one so a reader never sees an index without its item
@@ -324,6 +345,7 @@ def _index_item(item: pystac.Item, storage: Storage, settings: ChipSettings, col
         indexer_class=type(indexer).__name__, settings=settings, grid_shape=tuple(indexer.shape),
         grid_chips=(indexer.x_size, indexer.y_size), chips_total=total, chips_kept=kept, chips_dropped=total - kept,
         content_hash=table_hash(table), explanation=explanation, checks=checks,
+        gallery=gallery, gallery_error=gallery_error,
     )
 
 
