@@ -1,7 +1,7 @@
 """Index one STAC item into a storage base: the work of one chip-index partition, without Dagster.
 
 :func:`index_item` runs the indexer (all pixel reads happen first), then writes the item JSON, the
-per-item GeoParquet index and a quicklook PNG, each atomically. If reading fails (a missing or
+per-item GeoParquet index, a quicklook PNG and a gallery PNG of a few chips, each atomically. If reading fails (a missing or
 truncated COG) nothing is written, so the previous index of that item stays as it was.
 :func:`check_index` holds the per-item quality checks the Dagster layer reports.
 """
@@ -102,6 +102,8 @@ class ItemIndexResult:
     gallery: Gallery | None = None
     #: why there is no gallery although the index has rows (a band COG unreadable: reported, not fatal)
     gallery_error: str | None = None
+    #: where the gallery PNG is stored (None without a gallery)
+    gallery_uri: str | None = None
 
     def distribution(self, column: str) -> dict[str, float]:
         """Quantiles and mean of a statistic column over the kept chips (empty if none)."""
@@ -339,13 +341,19 @@ def _index_item(item: pystac.Item, storage: Storage, settings: ChipSettings, col
     storage.write_item(stored, collection)
     index_uri = storage.write_index(table, collection, item.id)
     quicklook_uri = storage.write_bytes(storage.quicklook_key(collection, item.id), png)
+    gallery_key = storage.gallery_key(collection, item.id)
+    if gallery is not None:
+        gallery_uri = storage.write_bytes(gallery_key, gallery.png)
+    else:  # no rows now (or no picture): no gallery of an older index left beside this one
+        gallery_uri = None
+        storage.delete(gallery_key)
     return ItemIndexResult(
         collection=collection, item_id=item.id, item_updated=updated, source_href=source_href,
         item_uri=item_uri, index_uri=index_uri, quicklook_uri=quicklook_uri, quicklook_png=png, table=table,
         indexer_class=type(indexer).__name__, settings=settings, grid_shape=tuple(indexer.shape),
         grid_chips=(indexer.x_size, indexer.y_size), chips_total=total, chips_kept=kept, chips_dropped=total - kept,
         content_hash=table_hash(table), explanation=explanation, checks=checks,
-        gallery=gallery, gallery_error=gallery_error,
+        gallery=gallery, gallery_error=gallery_error, gallery_uri=gallery_uri,
     )
 
 

@@ -321,6 +321,11 @@ class Storage:
         c, i = validate_id(collection, "collection"), validate_id(item_id, "item")
         return f"{INDEX_DIR}/{c}/{i}/quicklook_{i}.png"
 
+    @staticmethod
+    def gallery_key(collection: str, item_id: str) -> str:
+        c, i = validate_id(collection, "collection"), validate_id(item_id, "item")
+        return f"{INDEX_DIR}/{c}/{i}/gallery_{i}.png"
+
     def path(self, key: str) -> str:
         """The filesystem path of a key (for pyarrow), refusing keys that climb out of the base."""
         parts = [p for p in key.split("/") if p]
