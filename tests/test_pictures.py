@@ -165,3 +165,19 @@ def test_image_markdown_is_short_with_a_url_only():
     png = b"\x89PNG" + bytes(3000)
     assert len(image_markdown("q", png, "http://127.0.0.1:1/q.png")) < DAGSTER_INLINE_MARKDOWN_LIMIT
     assert image_markdown("q", png).startswith("![q](data:image/png;base64,")
+
+
+def test_an_unreadable_band_costs_the_gallery_not_the_index(sample_catalog, tmp_path):
+    from .dagster_support import copy_catalog
+
+    catalog = copy_catalog(sample_catalog, tmp_path / "catalog")
+    item = load(catalog, S2)
+    item.make_asset_hrefs_absolute()
+    red = item.assets["red"].href
+    data = open(red, "rb").read()
+    with open(red, "wb") as f:  # header intact, tiles cut
+        f.write(data[: len(data) // 3])
+    result = index_item(item, Storage(str(tmp_path / "base")))
+    assert result.chips_kept > 0 and result.gallery is None and result.gallery_uri is None
+    assert "red" in result.gallery_error and "AssetReadError" in result.gallery_error
+    assert Storage(str(tmp_path / "base")).read_index(*S2).num_rows == result.chips_kept
