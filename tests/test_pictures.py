@@ -16,9 +16,14 @@ from scipy import ndimage
 from stacchip_assets.index.chip_indexer import Indexer
 from stacchip_assets.index.chipper import Chipper
 from stacchip_assets.index.coverage import render_coverage
-from stacchip_assets.index.gallery import CAPTION_HEIGHT, GAP, PERCENTILES, pick_chips, render_gallery
+from stacchip_assets.index.gallery import CAPTION_HEIGHT, GAP, PERCENTILES, pick_chips
 from stacchip_assets.index.item_index import index_item
-from stacchip_assets.index.pictures import DAGSTER_INLINE_MARKDOWN_LIMIT, cloud_colours, distributions_markdown, image_markdown
+from stacchip_assets.index.pictures import (
+    DAGSTER_INLINE_MARKDOWN_LIMIT,
+    cloud_colours,
+    distributions_markdown,
+    image_markdown,
+)
 from stacchip_assets.index.quicklook import COLORBAR_HEIGHT, DROPPED, LEGEND_HEIGHT, quicklook_layout
 from stacchip_assets.io.storage import Storage
 
