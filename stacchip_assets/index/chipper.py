@@ -21,12 +21,13 @@ import numpy as np
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from stacchip_assets.errors import AssetGridError, StacchipError
-from stacchip_assets.core.hrefs import HrefPolicy, strip_credentials
-from stacchip_assets.index.chip_indexer import ChipIndexer
+from stacchip_assets.core.hrefs import strip_credentials
 from stacchip_assets.core.limits import ReadLimits, read_limits
-from stacchip_assets.io.raster import open_asset, read_window
 from stacchip_assets.core.stac import asset_href, check_asset_matches_metadata, raster_asset_keys
+from stacchip_assets.errors import AssetGridError, StacchipError
+from stacchip_assets.index.chip_indexer import ChipIndexer
+from stacchip_assets.io.local_files import HrefPolicy
+from stacchip_assets.io.raster import open_asset, read_window
 
 log = logging.getLogger(__name__)
 

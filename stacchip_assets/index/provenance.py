@@ -27,7 +27,7 @@ import pystac
 
 from stacchip_assets.core.ids import validate_id
 from stacchip_assets.errors import StacchipError
-from stacchip_assets.index.combined import _folder, _unfolder
+from stacchip_assets.index.combined_layout import collection_of_folder, combined_key
 from stacchip_assets.index.item_index import table_hash
 from stacchip_assets.io.stac_source import item_updated
 from stacchip_assets.io.storage import COMBINED_DIR, Storage
@@ -77,10 +77,10 @@ def _candidates(storage: Storage, item_id: str, collection: str | None) -> list[
     """(collection, found_in, key) of the tables that may hold the item's chips, combined first."""
     if collection is not None:
         validate_id(collection, "collection")
-        keys = [(collection, "combined", f"{COMBINED_DIR}/{_folder(collection)}/{item_id}.parquet"),
+        keys = [(collection, "combined", combined_key(collection, item_id)),
                 (collection, "index", storage.index_key(collection, item_id))]
         return [c for c in keys if storage.exists(c[2])]
-    found = [(_unfolder(e.key.split("/")[1]), "combined", e.key)
+    found = [(collection_of_folder(e.key.split("/")[1]), "combined", e.key)
              for e in storage.list_files(COMBINED_DIR, suffix=f"/{item_id}.parquet") if e.key.count("/") == 2]
     found += [(c, "index", e.key) for c, i, e in storage.indexed_items() if i == item_id]
     return found

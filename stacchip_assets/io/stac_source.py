@@ -44,12 +44,12 @@ from urllib.parse import quote
 
 import pystac
 
-from stacchip_assets.errors import InvalidItemError, StacSourceError
 from stacchip_assets.core.ids import validate_id
+from stacchip_assets.errors import InvalidItemError, StacSourceError
 from stacchip_assets.io.source_guards import (
-    canonical,
     PageGuard,
     SourceReport,
+    canonical,
     checked_item,
     item_time,
     unlinked_item_files,
