@@ -88,3 +88,19 @@ def test_combined_index_metadata_has_coverage_map_and_provenance(graph):
         assert rows[key]["stac_item_updated"] == chip_meta.metadata["stac_item_updated"].value
         assert rows[key]["stac_item_href"] == chip_meta.metadata["stac_item_href"].value
         assert rows[key]["rows"] == chip_meta.metadata["dagster/row_count"].value
+
+
+def test_training_manifest_columns_come_from_combined_index(graph):
+    import pyarrow.parquet as pq
+
+    from stacchip_assets.dagster_defs.training import DaskResource
+
+    resources = {**graph.resources, "dask": DaskResource(enabled=False)}
+    config = {"name": "s2-lineage", "collections": [S2], "shard_size": 8, "seed": 7}
+    result = dg.materialize([graph.assets["training_set"]], instance=graph.instance, resources=resources,
+                            run_config={"ops": {"training_set": {"config": config}}})
+    assert result.success
+    manifest = pq.read_table(Storage(str(graph.base)).path("training/s2-lineage/manifest.parquet"))
+    lineage = lineage_of(graph.latest("training_set"))
+    from_index = [c for c in manifest.column_names if c in INDEX_COLUMNS]
+    assert from_index and lineage == {c: [("combined_index", c)] for c in from_index}
