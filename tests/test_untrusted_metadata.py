@@ -383,7 +383,7 @@ def property_run(folder: Path, max_examples: int) -> dict:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from stacchip_assets.core.hrefs import HrefPolicy
+    from stacchip_assets.io.local_files import HrefPolicy
     from stacchip_assets.index.reader import read_chip
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -99,16 +99,6 @@ def raster_driver_of(head: bytes) -> str | None:
     return next((driver for magic, driver in RASTER_MAGIC if head.startswith(magic)), None)
 
 
-def __getattr__(name: str) -> object:
-    """``HrefPolicy`` and ``default_read_policy`` moved to :mod:`stacchip_assets.io.local_files` (they
-    resolve paths and read files); this old path keeps them importable for one release."""
-    if name in ("HrefPolicy", "default_read_policy"):
-        import importlib
-
-        return getattr(importlib.import_module("stacchip_assets.io.local_files"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # --------------------------------------------------------------------------------------------------
 # Credentials in hrefs
 # --------------------------------------------------------------------------------------------------

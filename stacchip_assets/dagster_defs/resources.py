@@ -35,7 +35,7 @@ from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
 from stacchip_assets.errors import StacchipError
-from stacchip_assets.core.hrefs import HrefPolicy
+from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.index.item_index import ChipSettings
 from stacchip_assets.io.raster import AssetAccess, gdal_env
 from stacchip_assets.demo.sample_data import ensure_sample_catalog

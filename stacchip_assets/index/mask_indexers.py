@@ -32,7 +32,8 @@ from stacchip_assets.errors import (
     StacchipError,
 )
 from stacchip_assets.index.indexer_base import ChipIndexer
-from stacchip_assets.io.raster import open_asset, read_band, read_window
+from stacchip_assets.io.raster import read_band, read_window
+from stacchip_assets.io.remote_raster import open_asset  # http(s)/s3 COGs: range reader; else GDAL
 
 log = logging.getLogger("stacchip_assets.index.chip_indexer")  # the public module's name, as before the split
 

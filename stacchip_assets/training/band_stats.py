@@ -46,7 +46,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stacchip_assets.core.hrefs import HrefPolicy
+from stacchip_assets.io.local_files import HrefPolicy
+from stacchip_assets.io.atomic import atomic_path, atomic_write_bytes
 from stacchip_assets.training.config import TrainingSetConfig
 from stacchip_assets.training.distributed import run_tasks
 from stacchip_assets.training.extract import collection_layouts, iter_task_pixels
@@ -257,9 +258,7 @@ def _summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def write_band_statistics_json(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
     """``{"records": [...], "collections": {collection: {"bands", "mean", "std"}}}``, atomically."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"records": list(records), "collections": _summary(records)}, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps({"records": list(records), "collections": _summary(records)}, indent=2) + "\n").encode())
     return path
 
 
@@ -282,9 +281,8 @@ def band_statistics_table(records: Sequence[Mapping[str, Any]]) -> pa.Table:
 def write_band_statistics_parquet(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
     """One row per (collection, band), atomically."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(band_statistics_table(records), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(band_statistics_table(records), tmp)
     return path
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stacchip_assets.core.hrefs import HrefPolicy, default_read_policy
+from stacchip_assets.io.local_files import HrefPolicy, default_read_policy
 from stacchip_assets.errors import StacchipError
 from stacchip_assets.index.chip_indexer import NoStatsChipIndexer
 from stacchip_assets.index.chipper import Chipper

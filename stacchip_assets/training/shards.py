@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from stacchip_assets.core.hrefs import HrefPolicy
+from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.errors import StacchipError
+from stacchip_assets.io.atomic import atomic_path
 from stacchip_assets.training.band_stats import CollectionAccumulator
 from stacchip_assets.training.config import FORMAT_VERSION, NORM_KEYS, TrainingSetConfig
 from stacchip_assets.training.extract import iter_task_pixels
@@ -37,9 +38,8 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray], level: int) -> int:
     """An npz (np.load-able) written byte-for-byte deterministically (fixed zip timestamps and
     attributes) to a temporary name and renamed; returns its size. Each member carries the zip
     format's CRC-32, which np.load checks."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
     method = zipfile.ZIP_DEFLATED if level > 0 else zipfile.ZIP_STORED
-    try:
+    with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=method) as zf:
             for name, arr in arrays.items():
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
@@ -49,12 +49,7 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray], level: int) -> int:
                     setattr(info, "compress_level" if hasattr(zipfile.ZipInfo, "compress_level") else "_compresslevel", level)
                 with zf.open(info, "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
-        return size
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        return os.path.getsize(tmp)
 
 
 def _zarr_codecs(level: int) -> dict[str, Any]:

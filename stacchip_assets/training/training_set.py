@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stacchip_assets.core.hrefs import HrefPolicy
+from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.core.ids import validate_id
 from stacchip_assets.errors import StacchipError
 from stacchip_assets.training.band_stats import merge_results, write_band_statistics_json, write_band_statistics_parquet
@@ -41,6 +41,7 @@ from stacchip_assets.training.layout import CollectionLayout
 from stacchip_assets.training.metadata import chip_norms
 from stacchip_assets.training.plan import make_tasks, plan_training_set
 from stacchip_assets.training.shards import create_zarr_group, write_task
+from stacchip_assets.io.atomic import atomic_directory
 from stacchip_assets.training.tables import string_column
 
 log = logging.getLogger(__name__)
@@ -48,23 +49,9 @@ log = logging.getLogger(__name__)
 __all__ = ["load_shard", "read_manifest", "read_training_set_info", "training_set_info", "write_training_set"]
 
 
-def _stage_dir(out_dir: Path) -> Path:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
-    stage.mkdir()
-    return stage
-
-
-def _publish(stage: Path, out_dir: Path, overwrite: bool) -> None:
-    old = None
-    if out_dir.exists():
-        if not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-            raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True to replace it)")
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}"
-        os.replace(out_dir, old)
-    os.replace(stage, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True to replace it)")
 
 
 def write_training_set(
@@ -96,8 +83,8 @@ def write_training_set(
     coll = string_column(plan, "collection")
     totals = {c: int((coll == c).sum()) for c in layouts}
 
-    stage = _stage_dir(out_dir)
-    try:
+    _check_replaceable(out_dir, overwrite)  # before any work; again before the swap (inside the stage)
+    with atomic_directory(out_dir) as stage:
         _create_collections(stage, layouts, totals, config)
         groups = [  # one group per collection: the layout and the sample count differ
             ([t for t in tasks if t.collection == collection],
@@ -115,10 +102,7 @@ def write_training_set(
         (stage / INFO_NAME).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         if statistics:
             _write_statistics(stage, [r["statistics"] for r in results], layouts)
-        _publish(stage, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        _check_replaceable(out_dir, overwrite)
     log.info("training set: %d samples in %d shards (%s) at %s", plan.num_rows, len(shards), config.format, out_dir)
     return pq.read_table(out_dir / MANIFEST_NAME)
 
