@@ -22,7 +22,8 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from stacchip_assets.core.hrefs import strip_credentials
-from stacchip_assets.core.limits import ReadLimits, read_limits
+from stacchip_assets.core.limits import ReadLimits
+from stacchip_assets.io.settings import read_limits
 from stacchip_assets.core.stac import asset_href, check_asset_matches_metadata, raster_asset_keys
 from stacchip_assets.errors import AssetGridError, StacchipError
 from stacchip_assets.index.chip_indexer import ChipIndexer
@@ -163,7 +164,7 @@ class Chipper:
     `asset_blacklist` removes some, and `mountpath` maps each href's path onto a local folder (as in
     stacchip). `len()`, indexing and iteration go over the rows of the indexer's chip index (the chips
     kept after nodata filtering), yielding `(x, y, {asset: pixels})`. `limits` (default
-    :func:`stacchip_assets.core.limits.read_limits`) bounds the chip size and the COG tile size before any
+    :func:`stacchip_assets.io.settings.read_limits`) bounds the chip size and the COG tile size before any
     read (ResourceLimitError); local files are opened as :func:`stacchip_assets.io.raster.open_asset` says,
     inside the indexer's href policy folders (or inside `mountpath` when one is given).
     """

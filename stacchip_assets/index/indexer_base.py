@@ -25,6 +25,7 @@ from shapely.geometry.base import BaseGeometry
 
 from stacchip_assets.core.grid import ChipGrid
 from stacchip_assets.core.limits import ReadLimits
+from stacchip_assets.io.settings import read_limits
 from stacchip_assets.core.stac import (
     asset_href,
     chip_grid_source,
@@ -67,7 +68,7 @@ class ChipIndexer:
     ) -> None:
         self.item = item
         self.href_policy = href_policy
-        self.limits = limits if limits is not None else ReadLimits.from_env()
+        self.limits = limits if limits is not None else read_limits()
         if href_policy is not None:  # refuse an untrusted item up front, also when no pixel of it is read (NoStats)
             for key in raster_asset_keys(item):
                 asset_href(item, key, policy=href_policy)

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pystac
 
-from stacchip_assets.core.limits import read_limits
+from stacchip_assets.io.settings import read_limits
 from stacchip_assets.errors import StacchipError, StorageError
 from stacchip_assets.index.chip_indexer import ChipIndexer, NoStatsChipIndexer
 from stacchip_assets.index.chipper import Chipper

@@ -105,7 +105,7 @@ class RemoteReadConfig:
 
 
 _config: contextvars.ContextVar[RemoteReadConfig] = contextvars.ContextVar("stacchip_remote_config",
-                                                                           default=RemoteReadConfig())
+                                                                           default=RemoteReadConfig())  # noqa: B039 (frozen)
 _explicit: contextvars.ContextVar[frozenset] = contextvars.ContextVar("stacchip_remote_explicit", default=frozenset())
 
 

@@ -37,7 +37,8 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from stacchip_assets.core.hrefs import gdal_syntax_problem, raster_driver_of, redact_credentials, strip_credentials
-from stacchip_assets.core.limits import ReadLimits, read_limits
+from stacchip_assets.core.limits import ReadLimits
+from stacchip_assets.io.settings import read_limits
 from stacchip_assets.errors import AssetReadError, HrefPolicyError, StacchipError
 from stacchip_assets.io.local_files import HrefPolicy
 
@@ -265,7 +266,7 @@ def open_asset(href: str, *, item_id: str | None = None, asset_key: str | None =
     policy is given, and GDAL then reads that same open file (``/dev/fd/N``), so swapping the path
     afterwards changes nothing. URLs go through the signer of the current :func:`gdal_env`. Every open
     is limited to ALLOWED_DRIVERS, and a tile larger than ``limits.max_tile_pixels`` (default
-    :func:`stacchip_assets.core.limits.read_limits`) is a ResourceLimitError before any pixel is read.
+    :func:`stacchip_assets.io.settings.read_limits`) is a ResourceLimitError before any pixel is read.
     """
     problem = gdal_syntax_problem(href)
     if problem:

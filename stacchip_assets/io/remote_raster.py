@@ -25,7 +25,8 @@ from rasterio.windows import Window
 
 from stacchip_assets.errors import AssetReadError
 from stacchip_assets.core.hrefs import gdal_syntax_problem, strip_credentials
-from stacchip_assets.core.limits import ReadLimits, read_limits
+from stacchip_assets.core.limits import ReadLimits
+from stacchip_assets.io.settings import read_limits
 from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.io.raster import describe_error, open_asset as gdal_open_asset, sign_href
 from stacchip_assets.io.cog_header import CogHeader, UnsupportedTiff, parse_header

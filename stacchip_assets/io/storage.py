@@ -41,6 +41,7 @@ import pystac
 from stacchip_assets.core.hrefs import strip_credentials
 from stacchip_assets.core.ids import validate_id
 from stacchip_assets.errors import InvalidIdentifierError, StorageError
+from stacchip_assets.io import settings
 from stacchip_assets.io.atomic import (  # noqa: F401  (re-exported: the old home of these names)
     FOREIGN_TMP_MAX_AGE_SECONDS,
     TMP_DIR,
@@ -61,7 +62,7 @@ from stacchip_assets.io.s3 import (  # noqa: F401  (re-exported)
 log = logging.getLogger(__name__)
 
 #: Environment variable naming the default storage base.
-STORAGE_BASE_ENV = "STACCHIP_STORAGE_BASE"
+STORAGE_BASE_ENV = settings.STORAGE_BASE_ENV
 ITEM_FILENAME = "stac_item.json"
 INDEX_DIR = "index"
 COMBINED_DIR = "combined"
@@ -71,14 +72,9 @@ RESERVED_COLLECTIONS = frozenset({INDEX_DIR, COMBINED_DIR, ITEM_SETS_DIR})
 
 
 def default_base() -> str:
-    """``$STACCHIP_STORAGE_BASE``, else ``$DAGSTER_HOME/stacchip``, else ``./.dagster_home/stacchip``."""
-    explicit = os.environ.get(STORAGE_BASE_ENV)
-    if explicit:
-        return explicit
-    home = os.environ.get("DAGSTER_HOME")
-    if home:
-        return str(Path(home).expanduser().absolute() / "stacchip")
-    return str(Path(".dagster_home").absolute() / "stacchip")
+    """``$STACCHIP_STORAGE_BASE``, else ``$DAGSTER_HOME/stacchip``, else ``./.dagster_home/stacchip``
+    (read by `io.settings`, the one module that reads STACCHIP_* variables)."""
+    return settings.default_base()
 
 
 @dataclass(frozen=True)

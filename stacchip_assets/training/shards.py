@@ -11,7 +11,6 @@ name and renamed, so readers never see a partial shard.
 from __future__ import annotations
 
 import os
-import uuid
 import zipfile
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor

@@ -20,8 +20,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
