@@ -35,6 +35,7 @@ INDEX_COLUMNS = [f.name for f in INDEX_SCHEMA]
 COVERAGE_MAX_ROWS = 500_000
 COVERAGE_KEY = f"{COMBINED_DIR}/_coverage.png"  # "_": hidden from the readers of the combined folder
 PROVENANCE_ROWS = 50
+CHIP_INDEX = AssetKey("chip_index")
 
 
 def image_url(prefix: str | None, key: str) -> str | None:
@@ -117,10 +118,32 @@ def provenance_table(store: Storage, changes: Sequence[tuple[str, str]], version
     return MetadataValue.table(records, schema=PROVENANCE_SCHEMA)
 
 
+#: Entries redrawn only when an update changed something (else carried over from the previous materialization).
+CARRIED = ("coverage_map", "coverage_map_path", "coverage_footprints", "provenance")
+
+
+def combined_pictures(store: Storage, rows: int, changes: Sequence[tuple[str, str]], versions: dict[str, str],
+                      rows_by_item: dict[tuple[str, str], int], previous: dict[str, Any],
+                      image_url_prefix: str | None = None) -> dict[str, Any]:
+    """combined_index's picture and lineage entries: column lineage from chip_index, the coverage map and
+    the provenance table of the items this update copied. An update that changed nothing carries the
+    previous map and table over (no read of the whole index for nothing)."""
+    meta: dict[str, Any] = {
+        "dagster/column_lineage": column_lineage(INDEX_COLUMNS, CHIP_INDEX),
+        "chip_provenance": MetadataValue.md(PROVENANCE_HOWTO),
+    }
+    if not changes and all(k in previous for k in ("coverage_map", "provenance")):
+        meta.update({k: previous[k] for k in CARRIED if k in previous})
+        return meta
+    meta.update(coverage_metadata(store, rows, image_url_prefix))
+    meta["provenance"] = provenance_table(store, changes, versions, rows_by_item)
+    return meta
+
+
 PROVENANCE_HOWTO = (
     "Any chip id: `stacchip_assets.index.provenance.chip_provenance(chipid, base)` gives its chip_index "
     "partition (`collection/item_id`), the data version of the index it was read from (= the "
     "`dagster/data_version` of that partition's materialization: Assets > chip_index > Partitions > the key "
     "> Events) and the STAC item's id, `updated` and source href. The `provenance` table lists the items of "
-    "this update."
+    "the latest update that copied any."
 )
