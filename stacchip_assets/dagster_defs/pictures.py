@@ -59,9 +59,6 @@ def chip_index_pictures(result: ItemIndexResult, image_url_prefix: str | None = 
     quicklook_key = Storage.quicklook_key(result.collection, result.item_id)
     meta: dict[str, Any] = {
         "quicklook": MetadataValue.md(image_markdown("quicklook", result.quicklook_png, image_url(image_url_prefix, quicklook_key))),
-        "distributions": MetadataValue.md(distributions_markdown({"cloud": cloud, "nodata": nodata})),
-        "cloud_cover_distribution": MetadataValue.json({k: rounded(v, 4) for k, v in cloud.items()}),
-        "nodata_distribution": MetadataValue.json({k: rounded(v, 4) for k, v in nodata.items()}),
     }
     if result.gallery is not None:
         key = Storage.gallery_key(result.collection, result.item_id)
@@ -70,6 +67,11 @@ def chip_index_pictures(result: ItemIndexResult, image_url_prefix: str | None = 
         meta["gallery_path"] = MetadataValue.path(result.gallery_uri or "")
     else:
         meta["gallery_chips"] = MetadataValue.text(result.gallery_error or "no chips: no gallery")
+    meta.update({
+        "distributions": MetadataValue.md(distributions_markdown({"cloud": cloud, "nodata": nodata})),
+        "cloud_cover_distribution": MetadataValue.json({k: rounded(v, 4) for k, v in cloud.items()}),
+        "nodata_distribution": MetadataValue.json({k: rounded(v, 4) for k, v in nodata.items()}),
+    })
     return meta
 
 

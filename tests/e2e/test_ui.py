@@ -101,11 +101,15 @@ def loaded_images(browser, alts: tuple[str, ...]) -> dict[str, int]:
     return dict(zip(alts, browser.execute_script(script, list(alts))))
 
 
-def screenshot_of(browser, alt: str, shot: Path, name: str) -> None:
+def screenshot_of(browser, alt: str, shot: Path, name: str, block: str = "center") -> None:
     """Scroll the image into view, save the window, keep it in docs/ when asked to."""
     browser.set_window_size(1600, 1300)
-    element = browser.execute_script(f"const i = document.querySelector('img[alt=\"{alt}\"]');"
-                                     "i.scrollIntoView({block: 'center'}); return i;")
+    # "start": the row above the image's at the top, so the sticky header hides none of the image
+    script = ("const i = document.querySelector(`img[alt=\"${arguments[0]}\"]`);"
+              "const r = i.closest('tr');"
+              "((arguments[1] === 'start' && r && r.previousElementSibling) || i).scrollIntoView({block: arguments[1]});"
+              "return i;")
+    element = browser.execute_script(script, alt, block)
     assert element is not None
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     if os.environ.get("STACCHIP_UPDATE_SCREENSHOT"):
@@ -126,7 +130,7 @@ def test_chip_index_partition_shows_quicklook_and_gallery(materialized, browser,
     assert widths["quicklook"] == 320 and widths["gallery"] > 300, widths
     body = browser.find_element("tag name", "body").text
     assert "distributions" in body and "p50" in body  # the rounded table, inline
-    screenshot_of(browser, "gallery", tmp_path / "chip_index_metadata.png", "chip_index_metadata.png")
+    screenshot_of(browser, "quicklook", tmp_path / "chip_index_metadata.png", "chip_index_metadata.png", "start")
 
 
 def test_combined_index_shows_its_coverage_map(materialized, browser, tmp_path):
