@@ -119,5 +119,11 @@ def dagster_dev_server(tmp_path_factory, stac_api, cog_server, sample_catalog):
     }
     for name in ("STACCHIP_STAC_CATALOG", "STACCHIP_COLLECTIONS", "STACCHIP_S3_ENDPOINT_URL"):
         env[name] = ""
-    with dagster_dev(PROJECT, home, env=env) as server:
-        yield server
+    # the storage base served over HTTP: metadata images link there and show inline in the UI
+    from .support.http_server import serve_directory
+
+    (home / "stacchip").mkdir()
+    with serve_directory(str(home / "stacchip")) as images:
+        env["STACCHIP_IMAGE_URL_PREFIX"] = images
+        with dagster_dev(PROJECT, home, env=env) as server:
+            yield server

@@ -3,7 +3,8 @@
 Wiring only: `stacchip_assets.index.query` plans and runs the query (compacted runs or per-item files,
 whichever the base has), this op writes the result as one GeoParquet file under the storage base,
 ``{base}/queries/{name}.parquet`` (atomic: temporary file + rename, one PUT on S3), and reports
-what was read:
+what was read. The result is also recorded as the asset ``chip_queries/{name}``, whose column
+lineage (``dagster/column_lineage``) points at the combined index's columns:
 
 ```yaml
 ops:
@@ -23,17 +24,24 @@ from typing import Any, Literal, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dagster import Config, Failure, MetadataValue, OpExecutionContext, Output, job, op
+from dagster import AssetKey, AssetMaterialization, Config, Failure, MetadataValue, OpExecutionContext, Output, job, op
 from pydantic import Field
 
 from stacchip_assets.errors import StacchipError, StorageError
 from stacchip_assets.core.ids import validate_id
 from stacchip_assets.index.query import execute, plan_query, plan_row_groups
+from stacchip_assets.dagster_defs.assets import COMBINED_INDEX_KEY
+from stacchip_assets.dagster_defs.pictures import column_lineage
 from stacchip_assets.dagster_defs.resources import StorageResource
 
 QUERIES_DIR = "queries"
 PREVIEW_ROWS = 10
 PREVIEW_COLUMNS = ["chipid", "collection", "date", "cloud_cover_percentage", "nodata_percentage"]
+
+
+def query_asset_key(name: str) -> AssetKey:
+    """The asset a named query result is recorded as (``chip_queries/{name}``), with its column lineage."""
+    return AssetKey(["chip_queries", validate_id(name, "query name")])
 
 
 def query_key(name: str) -> str:
@@ -102,6 +110,12 @@ def chip_query(context: OpExecutionContext, config: ChipQueryConfig, storage: St
         f"({read['row_group_bytes_read']} of {read['row_group_bytes_total']} bytes).\n\n"
         f"Read it with `geopandas.read_parquet({uri!r})`.\n\n" + _preview(table)
     )
+    # the result as an asset of its own: its columns come from the combined index's (column lineage)
+    context.log_event(AssetMaterialization(
+        asset_key=query_asset_key(config.name), description=f"chip query {config.name!r} of the combined index",
+        metadata={"dagster/row_count": MetadataValue.int(table.num_rows), "path": MetadataValue.path(uri),
+                  "dagster/column_lineage": column_lineage(table.column_names, COMBINED_INDEX_KEY)},
+    ))
     return Output(
         uri,
         metadata={
@@ -126,4 +140,4 @@ def chip_query_job():
     chip_query()
 
 
-__all__ = ["ChipQueryConfig", "chip_query", "chip_query_job", "query_key"]
+__all__ = ["ChipQueryConfig", "chip_query", "chip_query_job", "query_asset_key", "query_key"]

@@ -17,6 +17,7 @@ AWS_SESSION_TOKEN               session token of temporary credentials
 STACCHIP_GDAL_OPTIONS           JSON object of extra GDAL options for reading COGs, e.g.
                                 {"AWS_NO_SIGN_REQUEST": "YES"} or {"GDAL_HTTP_MAX_RETRY": "5"}
 STACCHIP_HREF_SIGNER            "module:function" signing asset hrefs, e.g. planetary_computer:sign
+STACCHIP_IMAGE_URL_PREFIX       http(s) URL serving the storage base: metadata images show inline
 STACCHIP_SENSOR_INTERVAL_SECONDS  seconds between STAC polls of the item sensor (default 60)
 STACCHIP_CHIP_SIZE              chip size for every collection (default: the preset's)
 STACCHIP_CHIP_MAX_NODATA        max nodata fraction for every collection (default: the preset's)
@@ -124,6 +125,11 @@ class StorageResource(ConfigurableResource):
     href_signer: Optional[str] = Field(
         default=None, description="'module:function' applied to every asset href before it is opened, "
         "e.g. 'planetary_computer:sign' (pip install planetary-computer)",
+    )
+    image_url_prefix: Optional[str] = Field(
+        default=None, description="http(s) URL under which the storage base is served (a public bucket, a "
+        "static file server): the quicklook, gallery and coverage PNGs in the metadata then link there and "
+        "show inline in the UI (without it they are inlined as data: URIs, behind '[Show Markdown]')",
     )
 
     def storage(self) -> Storage:

@@ -30,6 +30,7 @@ from stacchip_assets.index.combined import read_combined
 from stacchip_assets.core.ids import validate_id
 from stacchip_assets.training import TrainingSetConfig, dask_client, read_manifest, select_chips, write_training_set
 from stacchip_assets.dagster_defs.assets import COMBINED_INDEX_KEY
+from stacchip_assets.dagster_defs.pictures import column_lineage
 from stacchip_assets.io.settings import DASK_SCHEDULER_ENV, Settings, load_settings
 from stacchip_assets.dagster_defs.presets import CollectionConfig
 from stacchip_assets.dagster_defs.resources import StacSourceResource, StorageResource
@@ -154,6 +155,8 @@ def _build_training_set(collections: list[CollectionConfig]):
                 "config": MetadataValue.json(core.to_dict()),
                 "summary": MetadataValue.md(summary),
                 "dagster/row_count": manifest.num_rows,
+                # the manifest's columns come from the combined index's (the samples' chip rows)
+                "dagster/column_lineage": column_lineage(manifest.column_names, COMBINED_INDEX_KEY),
             }
         )
 

@@ -1,7 +1,7 @@
 """Index one STAC item into a storage base: the work of one chip-index partition, without Dagster.
 
 :func:`index_item` runs the indexer (all pixel reads happen first), then writes the item JSON, the
-per-item GeoParquet index and a quicklook PNG, each atomically. If reading fails (a missing or
+per-item GeoParquet index, a quicklook PNG and a gallery PNG of a few chips, each atomically. If reading fails (a missing or
 truncated COG) nothing is written, so the previous index of that item stays as it was.
 :func:`check_index` holds the per-item quality checks the Dagster layer reports.
 """
@@ -27,6 +27,7 @@ from stacchip_assets.core.stac import item_bbox
 from stacchip_assets.errors import InvalidItemError, StacchipError
 from stacchip_assets.index.chip_indexer import INDEXERS, ChipIndexer, Indexer, indexer_class_for
 from stacchip_assets.index.item_sets import SETTINGS_METADATA_KEY, settings_fingerprint
+from stacchip_assets.index.gallery import Gallery, render_gallery
 from stacchip_assets.index.quicklook import DEFAULT_SIZE, render_quicklook
 from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.io.stac_source import item_updated
@@ -99,6 +100,12 @@ class ItemIndexResult:
     content_hash: str
     explanation: str | None
     checks: list[CheckOutcome]
+    #: the true-colour gallery of a few chips (index.gallery); None with no rows or when it failed
+    gallery: Gallery | None = None
+    #: why there is no gallery although the index has rows (a band COG unreadable: reported, not fatal)
+    gallery_error: str | None = None
+    #: where the gallery PNG is stored (None without a gallery)
+    gallery_uri: str | None = None
 
     def distribution(self, column: str) -> dict[str, float]:
         """Quantiles and mean of a statistic column over the kept chips (empty if none)."""
@@ -199,7 +206,20 @@ def _quicklook(item: pystac.Item, indexer: ChipIndexer, table: pa.Table, size: t
         indexer.grid.footprints(xs[dropped], ys[dropped]) if dropped.any() else None,
         _footprint(item),
         size=size,
+        chip_max_nodata=indexer.chip_max_nodata,
     )
+
+
+def _gallery(indexer: ChipIndexer, table: pa.Table, count: int) -> tuple[Gallery | None, str | None]:
+    """The gallery of `count` chips, or why not. The index does not need these band reads, so a
+    band COG that cannot be read costs the picture, not the index (the error is reported)."""
+    if count <= 0 or table.num_rows == 0:
+        return None, None
+    try:
+        return render_gallery(indexer, table, count), None
+    except (StacchipError, ValueError, OSError) as exc:
+        log.warning("%s: no gallery: %s", indexer.item.id, exc)
+        return None, f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 def check_index(table: pa.Table, item: pystac.Item, settings: ChipSettings, explanation: str | None,
@@ -268,12 +288,14 @@ def index_item(
     quicklook_size: tuple[int, int] = DEFAULT_SIZE,
     href_policy: HrefPolicy | None = None,
     limits: ReadLimits | None = None,
+    gallery_chips: int = 4,
 ) -> ItemIndexResult:
     """Index one item and store item JSON, index and quicklook under `storage`.
 
     All pixel reads happen before the first write: a failure leaves the stored files untouched.
     `href_policy` refuses asset hrefs the (untrusted) item must not make us open; `limits` bounds
-    what its metadata may make us allocate. Malformed metadata raises a StacchipError subclass
+    what its metadata may make us allocate. `gallery_chips` chips are read for the gallery (0: none).
+    Malformed metadata raises a StacchipError subclass
     (InvalidItemError at the least), never a bare ValueError/TypeError.
     """
     if not isinstance(item.id, str):
@@ -284,7 +306,7 @@ def index_item(
         raise StacchipError("the item has no collection id", item_id=item.id)
     validate_id(collection, "collection")
     try:
-        return _index_item(item, storage, settings, collection, quicklook_size, href_policy, limits)
+        return _index_item(item, storage, settings, collection, quicklook_size, href_policy, limits, gallery_chips)
     except (ValueError, TypeError, IndexError, KeyError, OverflowError, ZeroDivisionError, AttributeError,
             shapely.errors.ShapelyError) as exc:
         # A field no check above foresaw: still the item's fault, reported as such (not retried).
@@ -293,7 +315,7 @@ def index_item(
 
 def _index_item(item: pystac.Item, storage: Storage, settings: ChipSettings, collection: str,
                 quicklook_size: tuple[int, int], href_policy: HrefPolicy | None,
-                limits: ReadLimits | None) -> ItemIndexResult:
+                limits: ReadLimits | None, gallery_chips: int = 4) -> ItemIndexResult:
     """The work of :func:`index_item`: read and compute everything, then write."""
     source_href = item.get_self_href()
     if source_href:  # recorded in metadata: never with a signed URL's token
@@ -317,18 +339,26 @@ def _index_item(item: pystac.Item, storage: Storage, settings: ChipSettings, col
     explanation = explain_empty(indexer, total, kept)
 
     png = _quicklook(item, indexer, table, quicklook_size)
+    gallery, gallery_error = _gallery(indexer, table, gallery_chips)
     checks = check_index(table, item, settings, explanation)
 
     # writes, each atomic; the index last but one so a reader never sees an index without its item
     storage.write_item(stored, collection)
     index_uri = storage.write_index(table, collection, item.id)
     quicklook_uri = storage.write_bytes(storage.quicklook_key(collection, item.id), png)
+    gallery_key = storage.gallery_key(collection, item.id)
+    if gallery is not None:
+        gallery_uri = storage.write_bytes(gallery_key, gallery.png)
+    else:  # no rows now (or no picture): no gallery of an older index left beside this one
+        gallery_uri = None
+        storage.delete(gallery_key)
     return ItemIndexResult(
         collection=collection, item_id=item.id, item_updated=updated, source_href=source_href,
         item_uri=item_uri, index_uri=index_uri, quicklook_uri=quicklook_uri, quicklook_png=png, table=table,
         indexer_class=type(indexer).__name__, settings=settings, grid_shape=tuple(indexer.shape),
         grid_chips=(indexer.x_size, indexer.y_size), chips_total=total, chips_kept=kept, chips_dropped=total - kept,
         content_hash=table_hash(table), explanation=explanation, checks=checks,
+        gallery=gallery, gallery_error=gallery_error, gallery_uri=gallery_uri,
     )
 
 

@@ -55,6 +55,7 @@ RESOURCE_ENV: dict[str, dict[str, tuple[str, str]]] = {
         "s3_session_token": ("AWS_SESSION_TOKEN", "str"),
         "gdal_options": ("STACCHIP_GDAL_OPTIONS", "json"),
         "href_signer": ("STACCHIP_HREF_SIGNER", "str"),
+        "image_url_prefix": ("STACCHIP_IMAGE_URL_PREFIX", "str"),
     },
     "chip_settings": {
         "chip_size": ("STACCHIP_CHIP_SIZE", "int"),

@@ -201,6 +201,11 @@ class Storage:
         c, i = validate_id(collection, "collection"), validate_id(item_id, "item")
         return f"{INDEX_DIR}/{c}/{i}/quicklook_{i}.png"
 
+    @staticmethod
+    def gallery_key(collection: str, item_id: str) -> str:
+        c, i = validate_id(collection, "collection"), validate_id(item_id, "item")
+        return f"{INDEX_DIR}/{c}/{i}/gallery_{i}.png"
+
     def path(self, key: str) -> str:
         """The filesystem path of a key (for pyarrow), refusing keys that climb out of the base."""
         parts = [p for p in key.split("/") if p]
@@ -331,7 +336,8 @@ class Storage:
 
     # -- items and indexes -----------------------------------------------------------------------
     def write_item(self, item: pystac.Item, collection: str | None = None) -> str:
-        """Store an item's JSON (asset hrefs made absolute, self link = its stored URI); returns the URI.
+        """Store an item's JSON (asset hrefs made absolute, self link = its stored URI, a ``via`` link
+        to its source href); returns the URI.
 
         Signed hrefs are stored without their tokens (SAS ``sig``/``se``..., ``X-Amz-*``, ``token``,
         ``key``...; see :func:`stacchip_assets.core.hrefs.strip_credentials`): tokens expire and must not be
@@ -349,6 +355,11 @@ class Storage:
                     raise StorageError(f"asset href {href!r} is relative and the item has no self href", item_id=item.id)
                 asset["href"] = pystac.utils.make_absolute_href(href, source)
         data["links"] = [link for link in data.get("links", []) if link.get("rel") not in ("self", "root", "parent", "collection")]
+        source_href = item.get_self_href()
+        if source_href and source_href != self.uri(key):  # where the item came from (provenance of its chips)
+            data["links"] = [link for link in data["links"] if link.get("rel") != "via"]
+            data["links"].append({"rel": "via", "href": source_href, "type": "application/geo+json",
+                                  "title": "the item at its source, as indexed"})
         stripped = _strip_hrefs(data.get("assets", {})) + _strip_hrefs(data["links"])
         if stripped:
             log.info("item %s: credentials (signed-URL tokens) removed from %d hrefs before storing it", item.id, stripped)

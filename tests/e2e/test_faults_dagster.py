@@ -343,8 +343,8 @@ def _temporary_created(folder, mask, name) -> bool:
     return bool(mask & IN_CREATE) and name.endswith(".tmp")
 
 
-#: A chip_index run writes three files, in this order: the item JSON, the index, the quicklook.
-WRITES_PER_RUN, INDEX_WRITE = 3, 2
+#: A chip_index run writes four files, in this order: the item JSON, the index, the quicklook, the gallery.
+WRITES_PER_RUN, INDEX_WRITE = 4, 2
 
 
 def kill_at_a_round_2_temporary(root: Path, sample_catalog: Path, nth: int, after_runs: int = 0) -> Outcome:

@@ -2,7 +2,11 @@
 partition materialization launched through the GraphQL API, then the asset lineage graph loaded in
 headless Chromium (Debian's `chromium` + `chromium-driver`, driven by selenium; nothing downloaded).
 
-`STACCHIP_UPDATE_SCREENSHOT=1 python -m pytest tests/e2e/test_ui.py` also refreshes docs/lineage.png.
+The pictures in the metadata (quicklook, gallery of a chip_index partition; coverage map of
+combined_index) are checked to be shown inline, as loaded images (`naturalWidth > 0`).
+
+`STACCHIP_UPDATE_SCREENSHOT=1 python -m pytest tests/e2e/test_ui.py` also refreshes docs/lineage.png,
+docs/chip_index_metadata.png and docs/combined_coverage.png.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from tests.support.servers import CHROMEDRIVER, CHROMIUM, item_json
 S2 = "sentinel-2-l2a"
 ITEM = "S2B_31UEQ_20230704_0_L2A"
 NODES = ("stac_items", "chip_index", "combined_index")
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture()
@@ -48,10 +54,9 @@ def browser(tmp_path):
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_lineage_graph_in_headless_chromium(dagster_dev_server, stac_api, cog_server, sample_catalog, browser, tmp_path):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
+@pytest.fixture(scope="module")
+def materialized(dagster_dev_server, stac_api, cog_server, sample_catalog):
+    """An item in the API, its item set, its chip index (by the sensor) and the combined index."""
     server = dagster_dev_server
     # an item in the API, then one partition of the item sets materialized through GraphQL
     stac_api.post_item(item_json(sample_catalog, S2, ITEM, DAGSTER_DEV_COLLECTION, cog_server,
@@ -65,7 +70,14 @@ def test_lineage_graph_in_headless_chromium(dagster_dev_server, stac_api, cog_se
     # the daemon's sensor indexes the item meanwhile; then the combined index, launched through GraphQL too
     server.wait_for_run(tags={"dagster/partition": f"{DAGSTER_DEV_COLLECTION}/{ITEM}"}, timeout=180)
     server.wait_for_run(run_id=server.launch_run("combined_index_job"), timeout=180)
+    return server
 
+
+def test_lineage_graph_in_headless_chromium(materialized, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server = materialized
     # the asset lineage of the code location's group, in a real browser
     browser.get(f"{server.url}/locations/{server.location}/asset-groups/stacchip/lineage")
     body = lambda d: d.find_element(By.TAG_NAME, "body").text  # noqa: E731
@@ -80,3 +92,54 @@ def test_lineage_graph_in_headless_chromium(dagster_dev_server, stac_api, cog_se
     if os.environ.get("STACCHIP_UPDATE_SCREENSHOT"):
         (PROJECT / "docs").mkdir(exist_ok=True)
         shutil.copyfile(shot, PROJECT / "docs" / "lineage.png")
+
+
+def loaded_images(browser, alts: tuple[str, ...]) -> dict[str, int]:
+    """naturalWidth of the first <img> with each alt text (0: missing or broken)."""
+    script = ("return arguments[0].map(a => { const i = document.querySelector(`img[alt=\"${a}\"]`);"
+              " return i && i.complete ? i.naturalWidth : 0; });")
+    return dict(zip(alts, browser.execute_script(script, list(alts))))
+
+
+def screenshot_of(browser, alt: str, shot: Path, name: str, block: str = "center") -> None:
+    """Scroll the image into view, save the window, keep it in docs/ when asked to."""
+    browser.set_window_size(1600, 1300)
+    # "start": the row above the image's at the top, so the sticky header hides none of the image
+    script = ("const i = document.querySelector(`img[alt=\"${arguments[0]}\"]`);"
+              "const r = i.closest('tr');"
+              "((arguments[1] === 'start' && r && r.previousElementSibling) || i).scrollIntoView({block: arguments[1]});"
+              "return i;")
+    element = browser.execute_script(script, alt, block)
+    assert element is not None
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    if os.environ.get("STACCHIP_UPDATE_SCREENSHOT"):
+        (PROJECT / "docs").mkdir(exist_ok=True)
+        shutil.copyfile(shot, PROJECT / "docs" / name)
+
+
+def test_chip_index_partition_shows_quicklook_and_gallery(materialized, browser, tmp_path):
+    from urllib.parse import quote
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    key = f"{DAGSTER_DEV_COLLECTION}/{ITEM}"
+    browser.get(f"{materialized.url}/assets/chip_index?view=partitions&partition={quote(key, safe='')}")
+    WebDriverWait(browser, 90, poll_frequency=0.5).until(
+        lambda d: all(loaded_images(d, ("quicklook", "gallery")).values()))
+    widths = loaded_images(browser, ("quicklook", "gallery"))
+    assert widths["quicklook"] == 320 and widths["gallery"] > 300, widths
+    body = browser.find_element("tag name", "body").text
+    assert "distributions" in body and "p50" in body  # the rounded table, inline
+    screenshot_of(browser, "quicklook", tmp_path / "chip_index_metadata.png", "chip_index_metadata.png", "start")
+
+
+def test_combined_index_shows_its_coverage_map(materialized, browser, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{materialized.url}/assets/combined_index")
+    WebDriverWait(browser, 90, poll_frequency=0.5).until(lambda d: loaded_images(d, ("coverage",))["coverage"] > 0)
+    assert loaded_images(browser, ("coverage",))["coverage"] >= 300
+    body = browser.find_element("tag name", "body").text
+    # the provenance table (inline): the partition of the last item copied, its data version
+    assert "provenance" in body and f"{DAGSTER_DEV_COLLECTION}/{ITEM}" in body
+    screenshot_of(browser, "coverage", tmp_path / "combined_coverage.png", "combined_coverage.png")

@@ -73,10 +73,10 @@ def _target(context: AssetExecutionContext, key: str):
 
 
 def _report_partition(context: AssetExecutionContext, key: str, result: ItemIndexResult, source: str,
-                      tags: dict[str, str]) -> Iterator[Any]:
+                      tags: dict[str, str], image_url_prefix: str | None = None) -> Iterator[Any]:
     """The materialization of one partition of the batch, then its check results (targeting it)."""
     yield AssetMaterialization(
-        asset_key=CHIP_INDEX_KEY, partition=key, metadata=chip_index_metadata(result, source),
+        asset_key=CHIP_INDEX_KEY, partition=key, metadata=chip_index_metadata(result, source, image_url_prefix),
         tags={**tags, "dagster/data_version": result.content_hash},
     )
     target = _target(context, key)
@@ -104,7 +104,7 @@ def _batch_failure(keys: list[str], failures: dict[str, Failure]) -> Failure:
 
 
 def index_batch(context: AssetExecutionContext, keys: list[str], index_one: Callable[[str], ItemIndexResult],
-                source: str) -> Iterator[Any]:
+                source: str, image_url_prefix: str | None = None) -> Iterator[Any]:
     """Index the partitions of a backfill run one by one and report each as it is done.
 
     Every partition that indexes gets its own materialization (its metadata, its data version = the
@@ -134,7 +134,7 @@ def index_batch(context: AssetExecutionContext, keys: list[str], index_one: Call
             continue
         indexed += 1
         chips += result.chips_kept
-        yield from _report_partition(context, key, result, source, tags)
+        yield from _report_partition(context, key, result, source, tags, image_url_prefix)
     context.log.info("batch of %d partitions: %d indexed (%d chips), %d already done, %d failed",
                      len(keys), indexed, chips, len(done & set(keys)), len(failures))
     for output_name in context.assets_def.check_specs_by_output_name:  # the checks' (Nothing) outputs

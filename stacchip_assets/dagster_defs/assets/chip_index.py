@@ -77,7 +77,7 @@ def partition_indexer(context: AssetExecutionContext, by_collection: dict[str, C
 
 
 def _index_one(context: AssetExecutionContext, index_one: Callable[[str], ItemIndexResult],
-               source: str) -> MaterializeResult:
+               source: str, image_url_prefix: str | None = None) -> MaterializeResult:
     """A single-partition run: its materialization with the check results inline."""
     collection, item_id = split_item_partition_key(context.partition_key)
     try:
@@ -86,7 +86,7 @@ def _index_one(context: AssetExecutionContext, index_one: Callable[[str], ItemIn
         raise failure(exc, f"indexing {collection}/{item_id}") from exc
     context.log.info("%s: %d chips kept, %d dropped", context.partition_key, result.chips_kept, result.chips_dropped)
     return MaterializeResult(
-        metadata=chip_index_metadata(result, source),
+        metadata=chip_index_metadata(result, source, image_url_prefix),
         check_results=[
             AssetCheckResult(check_name=o.name, passed=o.passed, description=o.description, metadata=o.metadata,
                              severity=AssetCheckSeverity.ERROR)
@@ -139,10 +139,11 @@ def build_chip_index(by_collection: dict[str, CollectionConfig], settings: Setti
                     index_one = partition_indexer(context, by_collection, stac_source, storage, chip_settings)
                 except StacchipError as exc:
                     raise failure(exc, f"opening the STAC source and storage for {len(keys)} partitions") from exc
-                yield from index_batch(context, keys, index_one, stac_source.describe())
+                yield from index_batch(context, keys, index_one, stac_source.describe(), storage.image_url_prefix)
                 return
             # one partition: opening the source counts as indexing the item (same failure, same retries)
             yield _index_one(context, lambda key: partition_indexer(
-                context, by_collection, stac_source, storage, chip_settings)(key), stac_source.describe())
+                context, by_collection, stac_source, storage, chip_settings)(key), stac_source.describe(),
+                storage.image_url_prefix)
 
     return chip_index

@@ -30,6 +30,7 @@ from stacchip_assets.dagster_defs.assets.common import (
     split_item_partition_key,
 )
 from stacchip_assets.dagster_defs.item_set_rule import RULE, newest_item_sets, removal_observations, rule_metadata
+from stacchip_assets.dagster_defs.pictures import combined_pictures
 from stacchip_assets.dagster_defs.resources import StorageResource
 from stacchip_assets.errors import StacchipError
 from stacchip_assets.index import combined_state
@@ -47,13 +48,17 @@ class CombinedIndexConfig(Config):
     "off" leaves it alone (queries stay exact: pending items are read from their per-item files)."""
 
 
-def _previous_state(context: AssetExecutionContext) -> dict[str, Any] | None:
-    """The state the latest combined_index materialization recorded (None before the first)."""
+def _previous_metadata(context: AssetExecutionContext) -> dict[str, Any]:
+    """The metadata of the latest combined_index materialization (empty before the first)."""
     event = context.instance.get_latest_materialization_event(COMBINED_INDEX_KEY)
     if event is None or event.asset_materialization is None:
-        return None
-    meta = event.asset_materialization.metadata
-    state = meta.get("state")
+        return {}
+    return dict(event.asset_materialization.metadata)
+
+
+def _previous_state(context: AssetExecutionContext) -> dict[str, Any] | None:
+    """The state the latest combined_index materialization recorded (None before the first)."""
+    state = _previous_metadata(context).get("state")
     return dict(state.value) if state is not None else None
 
 
@@ -161,6 +166,9 @@ def update_combined_index(context: AssetExecutionContext, config: CombinedIndexC
             "state": MetadataValue.json(state),
             "compaction": MetadataValue.json(compacted["report"]),
             "compacted_tier": MetadataValue.json(compacted["status"]),
+            # column lineage, coverage map, provenance of the items copied (dagster_defs.pictures)
+            **combined_pictures(store, int(state["rows"]), outcome.changes, outcome.item_versions,
+                                outcome.report.rows_by_item, _previous_metadata(context), storage.image_url_prefix),
         },
         data_version=DataVersion(version),
     )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from dagster import MetadataValue
 
 from stacchip_assets.dagster_defs.assets.common import index_table_schema, md_table, path_or_url
+from stacchip_assets.dagster_defs.pictures import chip_index_pictures
 from stacchip_assets.index.item_index import ItemIndexResult
 
 
@@ -31,9 +31,12 @@ def _summary(result: ItemIndexResult, cloud: dict[str, float], nodata: dict[str,
     )
 
 
-def chip_index_metadata(result: ItemIndexResult, source: str) -> dict[str, Any]:
-    """Metadata of a chip_index materialization: counts, distributions, quicklook, provenance."""
-    png64 = base64.b64encode(result.quicklook_png).decode()
+def chip_index_metadata(result: ItemIndexResult, source: str, image_url_prefix: str | None = None) -> dict[str, Any]:
+    """Metadata of a chip_index materialization: counts, distributions, quicklook and gallery, provenance.
+
+    With `image_url_prefix` (`StorageResource.image_url_prefix`) the pictures link the stored PNGs and
+    show inline in the UI; without it they are data: URIs (see `dagster_defs.pictures`)."""
+    pictures = chip_index_pictures(result, image_url_prefix)
     cloud = result.distribution("cloud_cover_percentage")
     nodata = result.distribution("nodata_percentage")
     return {
@@ -42,11 +45,9 @@ def chip_index_metadata(result: ItemIndexResult, source: str) -> dict[str, Any]:
         "chips_kept": MetadataValue.int(result.chips_kept),
         "chips_dropped": MetadataValue.int(result.chips_dropped),
         "chips_total": MetadataValue.int(result.chips_total),
-        "cloud_cover_distribution": MetadataValue.json(cloud),
-        "nodata_distribution": MetadataValue.json(nodata),
         "path": MetadataValue.path(result.index_uri),
         "summary": MetadataValue.md(_summary(result, cloud, nodata)),
-        "quicklook": MetadataValue.md(f"![quicklook](data:image/png;base64,{png64})"),
+        **pictures,  # quicklook, distributions (rounded table and JSON), gallery
         "quicklook_path": MetadataValue.path(result.quicklook_uri),
         "collection": MetadataValue.text(result.collection),
         "stac_item_id": MetadataValue.text(result.item_id),
