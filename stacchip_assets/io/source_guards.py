@@ -34,9 +34,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 import pystac
@@ -221,6 +222,25 @@ def walk_items(start_href: str, report: SourceReport, *, deadline: float | None 
     link seen before (a cycle) is followed once. Every href reached is added to `reached`. Past
     `deadline` (time.monotonic) the walk stops with ``report.truncated`` set.
     """
+    for href in walk_item_hrefs(start_href, report, deadline=deadline, reached=reached, context=context):
+        data = read_item_file(href, report, context)
+        if data is not None:
+            yield href, data
+
+
+def read_item_file(href: str, report: SourceReport, context: str = "") -> Any:
+    """The JSON of one item file, or None after recording in `report` why it is unreadable."""
+    try:
+        return _read_json(href)
+    except Exception as exc:
+        report.skip(href, f"unreadable item file ({type(exc).__name__}: {exc})"[:300], context)
+        return None
+
+
+def walk_item_hrefs(start_href: str, report: SourceReport, *, deadline: float | None = None,
+                    reached: set[str] | None = None, context: str = "") -> Iterator[str]:
+    """The href of every item linked from the catalog/collection at `start_href` and its children,
+    without reading the items (see :func:`walk_items`; a poll reads only changed files)."""
     reached = reached if reached is not None else set()
     stack = [start_href]
     reached.add(_local_path(start_href) or start_href)
@@ -246,12 +266,7 @@ def walk_items(start_href: str, report: SourceReport, *, deadline: float | None 
                 report.stop(f"{context or start_href}: the time budget ran out while listing the items; "
                             "nothing polled (a partial listing has no order), the cursor stays")
                 return
-            try:
-                data = _read_json(href)
-            except Exception as exc:
-                report.skip(href, f"unreadable item file ({type(exc).__name__}: {exc})"[:300], context)
-                continue
-            yield href, data
+            yield href
 
 
 def unlinked_item_files(folder: str, reached: set[str], limit: int = 10_000) -> list[tuple[str, str]]:
@@ -274,4 +289,4 @@ def unlinked_item_files(folder: str, reached: set[str], limit: int = 10_000) -> 
 
 
 __all__ = ["FUTURE_TOLERANCE", "PageGuard", "SourceReport", "checked_item", "item_time", "parse_time",
-           "unlinked_item_files", "walk_items"]
+           "read_item_file", "unlinked_item_files", "walk_item_hrefs", "walk_items"]
