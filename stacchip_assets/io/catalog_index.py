@@ -134,7 +134,7 @@ def _check(href: str, report: SourceReport, prop: str, now: dt.datetime | None, 
     if data is None:
         return None
     before = report.skipped_count, len(report.skipped)
-    checked = checked_item(data, href, report, prop=prop, now=now, context=context, href=href)
+    checked = checked_item(data, href, report, prop=prop, now=now, context=context, href=href, consume=True)
     if checked is not None:
         item, updated = checked
         return FileOutcome(item_id=item.id, collection_id=item.collection_id, updated=updated)

@@ -58,9 +58,11 @@ from stacchip_assets.io.source_base import (
 from stacchip_assets.io.source_guards import (
     PageGuard,
     SourceReport,
+    absolute_href,
     checked_item,
     item_time,
     read_item_file,
+    read_json,
     unlinked_item_files,
     walk_item_hrefs,
     walk_items,
@@ -109,6 +111,31 @@ class StaticCatalogSource(StacSource):
             raise self._error(f"cannot read the items of collection {collection!r}", exc) from exc
         return (child, True) if child is not None else (catalog, False)
 
+    def _container_href(self, collection: str) -> tuple[str, bool]:
+        """(href of the child catalog/collection with that id, True), else (the root's href, False): as
+        :meth:`_container`, on the JSON alone (pystac would build a Link per item of a 10k-item collection)."""
+        root = self.catalog_path if "://" in self.catalog_path else os.path.abspath(self.catalog_path)
+        try:
+            queue, seen = [root], {root}
+            links = read_json(root).get("links") or []
+        except Exception as exc:
+            raise self._error("cannot open the catalog", exc) from exc
+        try:
+            while queue:
+                href = queue.pop(0)
+                data = read_json(href) if href != root else {"links": links}
+                if href != root and data.get("id") == collection:
+                    return href, True
+                for link in data.get("links") or []:
+                    if isinstance(link, dict) and link.get("rel") == "child" and isinstance(link.get("href"), str):
+                        child = absolute_href(link["href"], href)
+                        if child not in seen:
+                            seen.add(child)
+                            queue.append(child)
+        except Exception as exc:
+            raise self._error(f"cannot read the items of collection {collection!r}", exc) from exc
+        return root, False
+
     def _collection_items(self, collection: str, report: SourceReport, *, prop: str = "updated",
                           now: dt.datetime | None = None, deadline: float | None = None,
                           ) -> Iterator[tuple[pystac.Item, str]]:
@@ -149,13 +176,12 @@ class StaticCatalogSource(StacSource):
                             deadline: float | None) -> list[tuple[str, FileOutcome]]:
         """(href, outcome) of the collection's valid items, as :meth:`_collection_items` finds them, but
         reading only the item files that are new or changed since the last poll (:mod:`.catalog_index`)."""
-        container, is_child = self._container(collection)
-        start = container.get_self_href() or self.catalog_path
+        start, is_child = self._container_href(collection)
         reached: set[str] = set()
         context = f"{self.name}, collection {collection!r}"
         hrefs = walk_item_hrefs(start, report, deadline=deadline, reached=reached, context=context)
         entries = [(href, outcome) for href, outcome in indexed_items(
-            index_for(f"{self.catalog_path}#{start}"), hrefs, report, prop=prop, now=now, context=context)
+            index_for(f"{self.catalog_path}#{collection}"), hrefs, report, prop=prop, now=now, context=context)
             if (outcome.collection_id or (collection if is_child else None)) == collection]
         self._finish_walk(collection, start, is_child, bool(entries), reached, report)
         return entries
