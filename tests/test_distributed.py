@@ -76,7 +76,7 @@ def _celery_workers(redis_url: str, home: Path, env: dict[str, str], count: int 
     from celery import Celery
 
     config = home / "celery.yaml"
-    config.write_text(f"broker: '{redis_url}/0'\nbackend: '{redis_url}/1'\n")
+    config.write_text(f"execution:\n  config:\n    broker: '{redis_url}/0'\n    backend: '{redis_url}/1'\n")
     workers = [subprocess.Popen(
         ["dagster-celery", "worker", "start", "-A", "dagster_celery.app", "-y", str(config), "--name", f"w{n}",
          "--loglevel", "WARNING", "--", "--concurrency=1"],
@@ -102,10 +102,11 @@ def test_chip_index_batches_on_celery_workers_equal_an_in_process_run(redis_url,
                STACCHIP_EXECUTOR="celery")
     for key in ("DAGSTER_HOME", "STACCHIP_STAC_CATALOG", "STACCHIP_STORAGE_BASE", "STACCHIP_EXECUTOR"):
         monkeypatch.setenv(key, env[key])
+    with dg.DagsterInstance.get() as instance:  # its SQLite storages exist before the workers open them
+        instance.add_dynamic_partitions(ITEM_PARTITIONS_NAME, keys)
     workers = _celery_workers(redis_url, home, env)
     try:
         with dg.DagsterInstance.get() as instance:
-            instance.add_dynamic_partitions(ITEM_PARTITIONS_NAME, keys)
             run_config = {"execution": {"config": {"broker": f"{redis_url}/0", "backend": f"{redis_url}/1"}}}
 
             def run(batch: list[str]) -> dg.ExecutionResult:

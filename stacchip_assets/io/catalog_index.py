@@ -115,7 +115,8 @@ def index_for(catalog_path: str) -> ItemFileIndex:
     """The process's file index of the catalog at `catalog_path` (created on first use)."""
     key = os.path.abspath(catalog_path) if "://" not in catalog_path else catalog_path
     with _INDEXES_LOCK:
-        index = _INDEXES.pop(key, None) or ItemFileIndex()
+        index = _INDEXES.pop(key, None)
+        index = ItemFileIndex() if index is None else index
         _INDEXES[key] = index
         while len(_INDEXES) > MAX_CATALOGS:
             _INDEXES.popitem(last=False)
