@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -83,7 +82,12 @@ def _celery_workers(redis_url: str, home: Path, env: dict[str, str], count: int 
         env=env, cwd=str(home), stdout=open(home / f"worker{n}.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True) for n in range(count)]
     app = Celery(broker=f"{redis_url}/0", backend=f"{redis_url}/1")
-    _wait("celery workers", lambda: len(app.control.ping(timeout=1.0)) >= count, workers, 180)
+    try:
+        _wait("celery workers", lambda: len(app.control.ping(timeout=1.0)) >= count, workers, 180)
+    except BaseException:
+        for worker in workers:
+            stop_process_group(worker)
+        raise
     return workers
 
 
@@ -91,16 +95,20 @@ def test_chip_index_batches_on_celery_workers_equal_an_in_process_run(redis_url,
                                                                        monkeypatch):
     from tests import distributed_jobs
 
-    catalog = naip_catalog(shared_sample(tmp_path_factory), tmp_path / "catalog", 12)
+    sample = shared_sample(tmp_path_factory)
+    catalog = naip_catalog(sample, tmp_path / "catalog", 12)
     keys = [item_partition_key(NAIP, f"naip-copy-{n:05d}") for n in range(12)]
     batches = [keys[:6], keys[6:]]
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    celery_base, local_base = tmp_path / "celery-base", tmp_path / "local-base"
-    env = _env(DAGSTER_HOME=str(home), STACCHIP_STAC_CATALOG=str(catalog), STACCHIP_STORAGE_BASE=str(celery_base),
-               STACCHIP_EXECUTOR="celery")
-    for key in ("DAGSTER_HOME", "STACCHIP_STAC_CATALOG", "STACCHIP_STORAGE_BASE", "STACCHIP_EXECUTOR"):
+    # one base path for both runs (the index rows name the stored item by its path): the Celery run's
+    # files are moved aside before the in-process run writes its own there
+    base, celery_base = tmp_path / "base", tmp_path / "celery-base"
+    env = _env(DAGSTER_HOME=str(home), STACCHIP_STAC_CATALOG=str(catalog), STACCHIP_STORAGE_BASE=str(base),
+               STACCHIP_EXECUTOR="celery", STACCHIP_TEST_COG_ROOT=str(sample.parent))
+    for key in ("DAGSTER_HOME", "STACCHIP_STAC_CATALOG", "STACCHIP_STORAGE_BASE", "STACCHIP_EXECUTOR",
+                "STACCHIP_TEST_COG_ROOT"):
         monkeypatch.setenv(key, env[key])
     with dg.DagsterInstance.get() as instance:  # its SQLite storages exist before the workers open them
         instance.add_dynamic_partitions(ITEM_PARTITIONS_NAME, keys)
@@ -115,8 +123,7 @@ def test_chip_index_batches_on_celery_workers_equal_an_in_process_run(redis_url,
                                     run_config=run_config, tags=tags) as result:
                     return result.success, result.run_id
 
-            with ThreadPoolExecutor(2) as pool:  # two runs at once: one step for each worker
-                outcomes = list(pool.map(run, batches))
+            outcomes = [run(batch) for batch in batches]
             assert [ok for ok, _ in outcomes] == [True, True], (home / "worker0.log").read_text()[-3000:]
             pgids = {os.getpgid(w.pid) for w in workers}
             step_pgids = set()
@@ -129,8 +136,8 @@ def test_chip_index_batches_on_celery_workers_equal_an_in_process_run(redis_url,
             assert step_pgids <= pgids
             print(f"\ncelery: steps ran in worker process groups {sorted(step_pgids)} of {sorted(pgids)}")
 
+        base.rename(celery_base)
         monkeypatch.setenv("STACCHIP_EXECUTOR", "in_process")
-        monkeypatch.setenv("STACCHIP_STORAGE_BASE", str(local_base))
         job = distributed_jobs.chip_index_job()
         with dg.instance_for_test() as local:
             local.add_dynamic_partitions(ITEM_PARTITIONS_NAME, keys)
@@ -140,7 +147,7 @@ def test_chip_index_batches_on_celery_workers_equal_an_in_process_run(redis_url,
     finally:
         for worker in workers:
             stop_process_group(worker)
-    remote, here = _files(celery_base / "index"), _files(local_base / "index")
+    remote, here = _files(celery_base / "index"), _files(base / "index")
     assert len([k for k in here if k.endswith(".parquet")]) == 12
     assert sorted(remote) == sorted(here)
     for name in here:
