@@ -93,7 +93,7 @@ def worker_ours(args) -> dict:
 
     from stacchip_assets.index.chipper import Chipper
     from stacchip_assets.index.chip_indexer import Sentinel2Indexer
-    from stacchip_assets.training import _rows_per_batch, iter_item_chips
+    from stacchip_assets.training.extract import batch_rows, iter_item_chips
 
     if args.mode.endswith("_1cpu"):
         _pin_one_cpu()
@@ -129,7 +129,7 @@ def worker_ours(args) -> dict:
     chipper.close()
     seconds = time.perf_counter() - t0
     with Chipper(indexer, assets=ASSETS) as again:
-        rows = _rows_per_batch(again, ASSETS)
+        rows = batch_rows(again, ASSETS)
     return {"seconds": seconds, "n_chips": int(n), "rows_per_batch": rows, "cpus": len(os.sched_getaffinity(0)),
             "sha256": {k: h.hexdigest() for k, h in hashes.items()} if hashes else None}
 

@@ -1,7 +1,17 @@
-"""Old path of :mod:`stacchip_assets.core.hrefs`, kept for one release (the same module object)."""
+"""Old path of the href policy (:mod:`stacchip_assets.core.hrefs` for the string checks and credentials,
+:mod:`stacchip_assets.io.local_files` for `HrefPolicy`, which opens local files), kept for one release."""
 
-import sys
-
-from stacchip_assets.core import hrefs as _module
-
-sys.modules[__name__] = _module
+from stacchip_assets.core.hrefs import (  # noqa: F401
+    CREDENTIAL_PARAMS,
+    CREDENTIAL_PREFIXES,
+    SAS_PARAMS,
+    gdal_syntax_problem,
+    has_credentials,
+    host_allowed,
+    is_url,
+    raster_driver_of,
+    redact_credentials,
+    strip_credentials,
+    url_problem,
+)
+from stacchip_assets.io.local_files import HrefPolicy, default_read_policy  # noqa: F401

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from stacchip_assets.errors import HrefPolicyError, StacchipError
-from stacchip_assets.core.hrefs import HrefPolicy
+from stacchip_assets.io.local_files import HrefPolicy
 
 
 @pytest.fixture

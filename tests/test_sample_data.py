@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pathlib
+import subprocess
+import sys
 from datetime import datetime
 
 import numpy as np
@@ -16,6 +19,7 @@ from pyproj import CRS, Transformer
 from rasterio.enums import Compression
 
 from stacchip_assets import sample_data
+from stacchip_assets.demo import sensors_s2
 from stacchip_assets.demo.sample_data import (
     SAMPLE_COLLECTIONS,
     SAMPLE_DATA_VERSION,
@@ -24,6 +28,7 @@ from stacchip_assets.demo.sample_data import (
     generate_sample_catalog,
     sample_item_paths,
 )
+from stacchip_assets.io import atomic
 
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 S2_CLOUD = (1, 3, 8, 9, 10)
@@ -382,7 +387,7 @@ def test_complete_catalog_is_not_rewritten(catalog_path: pathlib.Path) -> None:
 
 
 def test_failure_leaves_nothing_visible(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_build = sample_data._build_s2
+    real_build = sensors_s2._build_s2
     calls = []
 
     def failing_build(spec, item_dir):  # the first item is written for real, then we crash
@@ -391,7 +396,7 @@ def test_failure_leaves_nothing_visible(tmp_path: pathlib.Path, monkeypatch: pyt
             raise RuntimeError("simulated crash half-way")
         return real_build(spec, item_dir)
 
-    monkeypatch.setattr(sample_data, "_build_s2", failing_build)
+    monkeypatch.setattr(sensors_s2, "_build_s2", failing_build)  # the catalog looks it up per build
     with pytest.raises(RuntimeError, match="half-way"):
         generate_sample_catalog(tmp_path / "sample")
     assert not (tmp_path / "sample").exists()
@@ -406,6 +411,23 @@ def test_stale_tmp_folders_are_cleaned_and_foreign_folders_kept(tmp_path: pathli
         generate_sample_catalog(foreign)
     assert (foreign / "precious.txt").read_text() == "keep me"
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_staging_folders_of_killed_writers_are_removed(tmp_path: pathlib.Path) -> None:
+    # io.atomic names a staging folder .{host}.{pid}.{random}.tmp: a dead pid marks a killed writer
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead_pid = int(finished.stdout)
+    host = atomic.temp_name().split(".")[0]
+    killed = tmp_path / f".{host}.{dead_pid}.{'a' * 12}.tmp"
+    (killed / "sentinel-2-l2a").mkdir(parents=True)
+    live = tmp_path / f".{host}.{os.getpid()}.{'b' * 12}.tmp"  # a writer that is still running
+    live.mkdir()
+    catalog = generate_sample_catalog(tmp_path / "sample")
+    assert catalog.is_file()
+    assert not killed.exists()
+    assert live.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".sample.lock", "sample", live.name])
 
 
 def test_default_dir_and_ensure(catalog_path: pathlib.Path, tmp_path: pathlib.Path,

@@ -39,6 +39,7 @@ from stacchip_assets.errors import (
 )
 from stacchip_assets.index.chip_indexer import Indexer, NoStatsChipIndexer, Sentinel2Indexer
 from stacchip_assets.core.limits import ReadLimits
+from stacchip_assets.io.settings import read_limits
 from stacchip_assets.core.ids import MAX_ID_LENGTH, validate_id
 from stacchip_assets.index.item_index import ChipSettings, index_item
 from stacchip_assets.io.raster import open_asset
@@ -176,7 +177,7 @@ def test_a_huge_proj_shape_is_refused_before_allocating(tmp_path):
 def test_limits_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("STACCHIP_MAX_CHIPS_PER_ITEM", "12")
     monkeypatch.setenv("STACCHIP_MAX_MASK_PIXELS", "345")
-    limits = ReadLimits.from_env()
+    limits = read_limits()
     assert (limits.max_chips_per_item, limits.max_mask_pixels) == (12, 345)
 
 
@@ -383,7 +384,7 @@ def property_run(folder: Path, max_examples: int) -> dict:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from stacchip_assets.core.hrefs import HrefPolicy
+    from stacchip_assets.io.local_files import HrefPolicy
     from stacchip_assets.index.reader import read_chip
 
     folder.mkdir(parents=True, exist_ok=True)

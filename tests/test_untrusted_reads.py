@@ -17,9 +17,10 @@ from affine import Affine
 
 from stacchip_assets.index.chipper import Chipper
 from stacchip_assets.errors import AssetReadError, HrefPolicyError, StacchipError
-from stacchip_assets.core.hrefs import HrefPolicy, default_read_policy
+from stacchip_assets.io.local_files import HrefPolicy, default_read_policy
 from stacchip_assets.index.chip_indexer import NoStatsChipIndexer, Sentinel2Indexer
-from stacchip_assets.core.limits import ReadLimits, ResourceLimitError, read_limits
+from stacchip_assets.core.limits import ReadLimits, ResourceLimitError
+from stacchip_assets.io.settings import read_limits
 from stacchip_assets.io.raster import ALLOWED_DRIVERS, RefusedRasterError, open_asset
 
 from .cogs import make_item, write_cog

@@ -2,9 +2,12 @@
 
 An item must never make the code location read where it should not: a local file outside the
 allowed folders, `file://` URLs, or GDAL virtual paths (`/vsicurl/`, `/vsizip/`, driver prefixes such
-as `HDF5:`, `GTIFF_RAW:`), inline VRT XML smuggled into an href. The policy is checked on the string
-before GDAL sees the href; :func:`stacchip_assets.io.raster.open_asset` then decides on what GDAL actually
-opens (local files opened by descriptor, TIFF/JPEG 2000 content only, allowed GDAL drivers only).
+as `HDF5:`, `GTIFF_RAW:`), inline VRT XML smuggled into an href. This module holds the
+pure part of the policy (GDAL syntax, schemes, hosts, which file content is a raster);
+:class:`stacchip_assets.io.local_files.HrefPolicy` applies it and decides on local paths (resolved,
+their first bytes read) before GDAL sees the href; :func:`stacchip_assets.io.raster.open_asset` then
+decides on what GDAL actually opens (local files opened by descriptor, TIFF/JPEG 2000 content only,
+allowed GDAL drivers only).
 
 Hrefs also carry secrets: providers sign them (Azure SAS ``?st=..&se=..&sp=..&sig=..``, S3 presigned
 ``X-Amz-Signature``/``X-Amz-Credential``/``X-Amz-Security-Token``, ``token=``, ``access_token=``, ``key=``).
@@ -14,10 +17,7 @@ harmless ones; :func:`redact_credentials` does the same inside any text (error m
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 from stacchip_assets.errors import HrefPolicyError
@@ -59,96 +59,44 @@ def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class HrefPolicy:
-    """Allowed URL schemes and local folders for asset hrefs.
-
-    `schemes`: URL schemes that may be opened (default http, https, s3). `local_roots`: folders whose
-    files may be opened by plain path (resolved, symlinks followed); empty means no local files.
-    """
-
-    schemes: tuple[str, ...] = ("http", "https", "s3")
-    local_roots: tuple[str, ...] = field(default_factory=tuple)
-    #: Also allow local files outside `local_roots` whose first bytes are those of a TIFF (GeoTIFF, COG,
-    #: BigTIFF) or JPEG 2000 file: GDAL identifies files by content, so a format that can point elsewhere
-    #: (VRT, GTI, STACIT, WMS... XML or JSON that names other files or URLs) is refused whatever its name.
-    #: Paths that do not exist pass (GDAL then reports the missing file); symlinks are resolved first.
-    local_rasters: bool = False
-    #: Hosts http(s) hrefs may name (empty: any host). ``.example.com`` admits its subdomains. GDAL
-    #: follows HTTP redirects itself (GDAL 3.10 has no option to stop it): the check is on the href.
-    allowed_hosts: tuple[str, ...] = field(default_factory=tuple)
-
-    def check(self, href: str, *, item_id: str | None = None, asset_key: str | None = None) -> str:
-        """Return `href` if the policy allows it; raise HrefPolicyError naming item, asset and why."""
-
-        def refuse(why: str) -> HrefPolicyError:
-            shown = _CONTROL.sub("?", href)[:200]
-            return HrefPolicyError(f"href {shown!r} refused: {why}", item_id=item_id, asset_key=asset_key)
-
-        problem = gdal_syntax_problem(href)
-        if problem:
-            raise refuse(problem)
-        scheme_match = _SCHEME.match(href)
-        if scheme_match and "://" in href:
-            scheme = scheme_match.group(1).lower()
-            if scheme not in self.schemes:
-                raise refuse(f"scheme {scheme!r} is not allowed (allowed: {', '.join(self.schemes)})")
-            parsed = urlparse(href)
-            if not parsed.netloc:
-                raise refuse("a URL without a host or bucket")
-            if self.allowed_hosts and scheme in ("http", "https") and not host_allowed(parsed.hostname or "",
-                                                                                        self.allowed_hosts):
-                raise refuse(f"host {parsed.hostname!r} is not in the allowed hosts {list(self.allowed_hosts)}")
-            return href
-        if not self.local_roots and not self.local_rasters:
-            raise refuse("local paths are not allowed by this policy")
-        resolved = Path(os.path.realpath(href))
-        for root in self.local_roots:
-            root_path = Path(os.path.realpath(root))
-            if resolved == root_path or root_path in resolved.parents:
-                return href
-        if self.local_rasters:
-            if not resolved.exists():
-                return href  # nothing to leak: GDAL says the file is missing
-            if not resolved.is_file():
-                raise refuse("a local path that is not a regular file")
-            try:
-                with open(resolved, "rb") as handle:
-                    head = handle.read(12)
-            except OSError as exc:
-                raise refuse(f"cannot be read ({exc.strerror or exc})") from exc
-            if head.startswith(_RASTER_MAGIC):
-                return href
-            where = f" and outside the allowed folders {list(self.local_roots)}" if self.local_roots else ""
-            raise refuse(f"a local file that is not a TIFF or JPEG 2000 raster{where}")
-        raise refuse(f"local path outside the allowed folders {list(self.local_roots)}")
-
-    def allows_opened_file(self, real_path: str) -> bool:
-        """Whether a file already opened (its real path, from the open descriptor) may be read: inside
-        `local_roots`, or anywhere with `local_rasters` (the opener checks the content itself)."""
-        if self.local_rasters:
-            return True
-        resolved = Path(real_path)
-        return any(resolved == Path(os.path.realpath(r)) or Path(os.path.realpath(r)) in resolved.parents
-                   for r in self.local_roots)
+def is_url(href: str) -> bool:
+    """Whether `href` is a URL (``scheme://...``) rather than a local path."""
+    return bool(_SCHEME.match(href)) and "://" in href
 
 
-#: First bytes of the local files a `local_rasters` policy admits: TIFF / BigTIFF (little and big
-#: endian) and JPEG 2000 (JP2 box, raw codestream).
-_RASTER_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")
+def url_problem(href: str, schemes: tuple[str, ...], allowed_hosts: tuple[str, ...] = ()) -> str | None:
+    """Why the URL `href` may not be opened under a policy allowing `schemes` and (if any) only
+    `allowed_hosts` for http(s), or None. The string policy of
+    :class:`stacchip_assets.io.local_files.HrefPolicy`, which also decides on local paths."""
+    scheme = _SCHEME.match(href).group(1).lower()  # type: ignore[union-attr]  (is_url was checked)
+    if scheme not in schemes:
+        return f"scheme {scheme!r} is not allowed (allowed: {', '.join(schemes)})"
+    parsed = urlparse(href)
+    if not parsed.netloc:
+        return "a URL without a host or bucket"
+    if allowed_hosts and scheme in ("http", "https") and not host_allowed(parsed.hostname or "", allowed_hosts):
+        return f"host {parsed.hostname!r} is not in the allowed hosts {list(allowed_hosts)}"
+    return None
 
 
-def default_read_policy() -> HrefPolicy:
-    """The policy of :mod:`stacchip_assets.index.reader` and the training extraction when the caller gives
-    none: stored item JSON can be edited by anyone who can write the storage base, so it is untrusted.
+def refusal(href: str, why: str, *, item_id: str | None = None, asset_key: str | None = None) -> HrefPolicyError:
+    """The HrefPolicyError of a refused href (control characters masked, at most 200 characters shown)."""
+    shown = _CONTROL.sub("?", href)[:200]
+    return HrefPolicyError(f"href {shown!r} refused: {why}", item_id=item_id, asset_key=asset_key)
 
-    URLs with the schemes http, https and s3, and local files that really are TIFF/JPEG 2000 rasters
-    (checked on the opened file; see ``HrefPolicy.local_rasters``). Refused: ``file://``, ``/vsi...``,
-    driver prefixes (``HDF5:``, ``GTIFF_RAW:``), inline VRT, other schemes, and any other local file such
-    as ``/etc/passwd``. Pass ``HrefPolicy(local_roots=[...])`` for a stricter policy (the Dagster code
-    location passes its own: ``StacSourceResource.href_policy()``).
-    """
-    return HrefPolicy(local_rasters=True)
+
+#: First bytes of the local files that may be opened, and the GDAL driver of each: TIFF / BigTIFF
+#: (little and big endian) and JPEG 2000 (JP2 box, raw codestream).
+RASTER_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"II*\x00", "GTiff"), (b"MM\x00*", "GTiff"), (b"II+\x00", "GTiff"), (b"MM\x00+", "GTiff"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JP2OpenJPEG"), (b"\xff\x4f\xff\x51", "JP2OpenJPEG"),
+)
+
+
+def raster_driver_of(head: bytes) -> str | None:
+    """The GDAL driver of a file whose first bytes are `head` (TIFF or JPEG 2000), or None: formats
+    that can name other files or URLs (VRT, GTI, STACIT, WMS... XML or JSON) are never opened."""
+    return next((driver for magic, driver in RASTER_MAGIC if head.startswith(magic)), None)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,25 +3,25 @@
 Memory must not follow the metadata: a 1.1 MB COG may declare one 32,768 px tile (2.2 GB decoded),
 an index row may claim a `chip_size` of 65,535 (16 GiB per chip), a sparse mask may declare
 100,000 x 100,000 px, and `proj:shape` may promise 1.5e9 chips. Each limit lives in
-:class:`ReadLimits`; :func:`read_limits` is the ONE place where defaults and environment overrides
-are combined::
+:class:`ReadLimits`; :func:`limits_from_mapping` is the ONE place where defaults and overrides from
+a mapping of variables are combined. This module is pure: the process environment is read by
+:func:`stacchip_assets.io.settings.read_limits`::
 
     limits = read_limits()                    # defaults, overridden by STACCHIP_MAX_* variables
     limits.check_chip_size(256, item_id="x")  # raises ResourceLimitError past the limit
 
-Environment variables (positive integers): ``STACCHIP_MAX_CHIPS_PER_ITEM``,
+Variables (positive integers): ``STACCHIP_MAX_CHIPS_PER_ITEM``,
 ``STACCHIP_MAX_MASK_PIXELS``, ``STACCHIP_MAX_TILE_PIXELS``, ``STACCHIP_MAX_CHIP_SIZE``.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields, replace
 from typing import Mapping
 
 from stacchip_assets.errors import ResourceLimitError, StacchipError
 
-__all__ = ["ENV_VARS", "ReadLimits", "ResourceLimitError", "read_limits"]
+__all__ = ["ENV_VARS", "ReadLimits", "ResourceLimitError", "limits_from_mapping"]
 
 
 #: Environment variable of each field.
@@ -56,9 +56,9 @@ class ReadLimits:
                 raise StacchipError(f"resource limit {f.name} must be a positive integer, got {value!r}")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ReadLimits:
-        """Defaults overridden by the ``STACCHIP_MAX_*`` variables (same as :func:`read_limits`)."""
-        return read_limits(environ)
+    def from_mapping(cls, environ: Mapping[str, str]) -> ReadLimits:
+        """Defaults overridden by the ``STACCHIP_MAX_*`` entries of `environ` (see :func:`limits_from_mapping`)."""
+        return limits_from_mapping(environ)
 
     @staticmethod
     def env_name(field_name: str) -> str:
@@ -100,9 +100,8 @@ class ReadLimits:
                                      item_id=item_id, asset_key=asset_key)
 
 
-def read_limits(environ: Mapping[str, str] | None = None, **overrides: int) -> ReadLimits:
-    """The configured limits: defaults, then ``STACCHIP_MAX_*`` environment variables, then `overrides`."""
-    environ = os.environ if environ is None else environ
+def limits_from_mapping(environ: Mapping[str, str], **overrides: int) -> ReadLimits:
+    """Defaults, then the ``STACCHIP_MAX_*`` entries of `environ` (a mapping given by the caller), then `overrides`."""
     values: dict[str, int] = {}
     for name, var in ENV_VARS.items():
         raw = environ.get(var)

@@ -290,7 +290,7 @@ def item_bbox(item: pystac.Item) -> tuple[float, float, float, float] | None:
 def asset_href(item: pystac.Item, asset_key: str, mountpath: str | Path | None = None, policy=None) -> str:
     """Absolute href of an asset; with `mountpath`, the href's path mapped onto that local folder.
 
-    With a `policy` (:class:`stacchip_assets.core.hrefs.HrefPolicy`) the href is checked before anything
+    With a `policy` (:class:`stacchip_assets.io.local_files.HrefPolicy`) the href is checked before anything
     opens it (the item's own href, before any mountpath mapping).
     """
     asset = item.assets[asset_key]

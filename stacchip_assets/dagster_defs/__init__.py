@@ -6,7 +6,6 @@ ones, see `presets`); `stacchip_assets.definitions.defs` is the code location's 
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 from dagster import AssetSelection, Definitions, ExecutorDefinition, define_asset_job, in_process_executor  # noqa: F401
@@ -29,10 +28,12 @@ from stacchip_assets.dagster_defs.resources import ChipSettingsResource, StacSou
 from stacchip_assets.dagster_defs.runtime import CHIP_INDEX_MAX_RUNTIME_SECONDS, COMBINED_INDEX_MAX_RUNTIME_SECONDS, max_runtime_tags
 from stacchip_assets.dagster_defs.sensors import COMBINE_TAG, build_sensors
 from stacchip_assets.dagster_defs.training import build_training_assets, default_dask_resource
+from stacchip_assets.io import settings as settings_module
+from stacchip_assets.io.settings import Settings, load_settings
 
 
-#: Environment variable that chooses the executor of every job (read when the code location loads).
-EXECUTOR_ENV = "STACCHIP_EXECUTOR"
+#: Environment variable that chooses the executor of every job (read by `io.settings` when the code location loads).
+EXECUTOR_ENV = settings_module.EXECUTOR_ENV
 #: STACCHIP_EXECUTOR value -> (module, attribute) of the executor; the last two need `.[deploy]`.
 EXECUTORS = {
     "in_process": ("dagster", "in_process_executor"),
@@ -42,7 +43,7 @@ EXECUTORS = {
 }
 
 
-def executor_from_env(value: str | None = None) -> ExecutorDefinition:
+def executor_from_env(value: str | None = None, settings: Settings | None = None) -> ExecutorDefinition:
     """The executor of every job, named by STACCHIP_EXECUTOR (or `value`): ``in_process`` (default;
     a chip_index run is one step and a multiprocess step costs ~2 s of start-up), ``multiprocess``,
     ``celery`` (steps on dagster-celery workers) or ``k8s`` (a Kubernetes Job per step, dagster-k8s).
@@ -51,7 +52,9 @@ def executor_from_env(value: str | None = None) -> ExecutorDefinition:
 
     from stacchip_assets.errors import StacchipError
 
-    name = (os.environ.get(EXECUTOR_ENV, "") if value is None else value).strip().lower() or "in_process"
+    if value is None:
+        value = (load_settings() if settings is None else settings).executor
+    name = value.strip().lower() or "in_process"
     if name not in EXECUTORS:
         raise StacchipError(f"{EXECUTOR_ENV}={name!r} is not an executor; choose one of {', '.join(EXECUTORS)}")
     module_name, attribute = EXECUTORS[name]
@@ -69,10 +72,12 @@ def build_definitions(
     collections: list[CollectionConfig] | None = None,
     resources: Mapping[str, Any] | None = None,
 ) -> Definitions:
-    """Definitions for `collections` (default: `load_collections()`) with `resources` overriding the defaults."""
-    collections = load_collections() if collections is None else list(collections)
-    stac_items, chip_index, combined_index = build_assets(collections)
-    executor = executor_from_env()  # STACCHIP_EXECUTOR, default in_process
+    """Definitions for `collections` (default: `load_collections()`) with `resources` overriding the defaults.
+    The STACCHIP_* settings are read once, here (`io.settings.load_settings`)."""
+    settings = load_settings()
+    collections = load_collections(settings=settings) if collections is None else list(collections)
+    stac_items, chip_index, combined_index = build_assets(collections, settings)
+    executor = executor_from_env(settings=settings)  # STACCHIP_EXECUTOR, default in_process
     stac_items_job = define_asset_job(
         "stac_items_job", selection=AssetSelection.assets(stac_items),
         executor_def=executor, description="Search and store the item set of one collection.",
@@ -97,10 +102,10 @@ def build_definitions(
         "training_job", selection=AssetSelection.assets(training_set, band_statistics), executor_def=executor,
         description="Write a training set from the combined index, then its band statistics.",
     )
-    stac_item_sensor = build_sensors(collections, chip_index_job)
-    combined_index_trigger = build_combined_trigger(combined_index_job)
-    all_resources: dict[str, Any] = default_resources()
-    all_resources.setdefault("dask", default_dask_resource())
+    stac_item_sensor = build_sensors(collections, chip_index_job, settings)
+    combined_index_trigger = build_combined_trigger(combined_index_job, settings)
+    all_resources: dict[str, Any] = default_resources(settings)
+    all_resources.setdefault("dask", default_dask_resource(settings))
     all_resources.update(resources or {})
     return Definitions(
         assets=[stac_items, chip_index, combined_index, training_set, band_statistics],

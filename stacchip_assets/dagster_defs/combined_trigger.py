@@ -43,7 +43,6 @@ without a result. It can still be executed by hand (it only reads the event log)
 """
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 
 from dagster import (
@@ -65,11 +64,10 @@ from dagster import (
 )
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
-from stacchip_assets.errors import StacchipError
+from stacchip_assets.io.settings import COMBINED_INTERVAL_ENV, Settings, load_settings
 from stacchip_assets.dagster_defs.assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY
 
 #: Seconds between two evaluations of the combined trigger (environment variable, default 30).
-COMBINED_INTERVAL_ENV = "STACCHIP_COMBINED_INTERVAL_SECONDS"
 CHECK_NAME = "all_indexed_items_combined"
 CHECK_KEY = AssetCheckKey(COMBINED_INDEX_KEY, CHECK_NAME)
 SENSOR_NAME = "combined_index_trigger"
@@ -80,13 +78,9 @@ ACTIVE_STATUSES = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, Dagste
 LISTED = 50
 
 
-def combined_interval_seconds() -> int:
-    """`STACCHIP_COMBINED_INTERVAL_SECONDS` (default 30), read when the code location loads."""
-    value = os.environ.get(COMBINED_INTERVAL_ENV, "").strip()
-    try:
-        return max(1, int(value)) if value else 30
-    except ValueError as exc:
-        raise StacchipError(f"{COMBINED_INTERVAL_ENV} must be a whole number of seconds, got {value!r}") from exc
+def combined_interval_seconds(settings: Settings | None = None) -> int:
+    """`STACCHIP_COMBINED_INTERVAL_SECONDS` (default 30), from `io.settings`, read when the code location loads."""
+    return (load_settings() if settings is None else settings).combined_interval_seconds
 
 
 @dataclass(frozen=True)
@@ -208,13 +202,13 @@ def decide(instance: DagsterInstance) -> tuple[RunRequest | None, str, Backlog]:
     return request, f"{len(state.items)} items not yet combined (since {state.oldest_utc()}): one combined run", state
 
 
-def build_combined_trigger(combined_index_job):
+def build_combined_trigger(combined_index_job, settings: Settings | None = None):
     """The sensor that requests `combined_index_job` runs (see the module docstring)."""
 
     @sensor(
         name=SENSOR_NAME,
         job=combined_index_job,
-        minimum_interval_seconds=combined_interval_seconds(),
+        minimum_interval_seconds=combined_interval_seconds(settings),
         default_status=DefaultSensorStatus.RUNNING,
         description="Requests a combined_index run whenever a chip_index materialization is newer than the "
         "cursor the latest combined materialization recorded and no combined run is queued or running; "

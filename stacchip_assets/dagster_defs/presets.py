@@ -33,8 +33,7 @@ from stacchip_assets.core.ids import validate_id
 from stacchip_assets.index.item_index import ChipSettings
 from stacchip_assets.io.stac_source import SearchParams
 
-COLLECTIONS_FILE_ENV = "STACCHIP_COLLECTIONS_FILE"
-COLLECTIONS_ENV = "STACCHIP_COLLECTIONS"
+from stacchip_assets.io.settings import COLLECTIONS_ENV, COLLECTIONS_FILE_ENV, Settings, load_settings  # noqa: F401 (re-exported)
 
 PRESETS_YAML = """
 presets:
@@ -191,12 +190,16 @@ def resolve_entry(entry: Mapping[str, Any] | str, presets: Mapping[str, Mapping[
     )
 
 
-def load_collections(path: str | os.PathLike | None = None, names: str | None = None) -> list[CollectionConfig]:
-    """The configured collections (see the module docstring for where they come from)."""
+def load_collections(path: str | os.PathLike | None = None, names: str | None = None,
+                     settings: Settings | None = None) -> list[CollectionConfig]:
+    """The configured collections (see the module docstring for where they come from; `settings`
+    default: `load_settings()`)."""
     document = yaml.safe_load(PRESETS_YAML)
     presets = dict(document["presets"])
-    path = path if path is not None else os.environ.get(COLLECTIONS_FILE_ENV) or None
-    names = names if names is not None else os.environ.get(COLLECTIONS_ENV) or None
+    if path is None or names is None:
+        settings = load_settings() if settings is None else settings
+        path = path if path is not None else settings.collections_file
+        names = names if names is not None else settings.collections
     if path is not None:
         try:
             user = yaml.safe_load(Path(path).read_text()) or {}

@@ -25,8 +25,6 @@ STACCHIP_CHIP_MAX_NODATA        max nodata fraction for every collection (defaul
 
 
 import contextlib
-import json
-import os
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -34,11 +32,12 @@ from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
 from stacchip_assets.errors import StacchipError
-from stacchip_assets.core.hrefs import HrefPolicy
+from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.index.item_index import ChipSettings
 from stacchip_assets.io.raster import AssetAccess, gdal_env
 from stacchip_assets.demo.sample_data import ensure_sample_catalog
 from stacchip_assets.io.stac_source import RetrySettings, StacSource, open_source
+from stacchip_assets.io.settings import RESOURCE_ENV, Settings, load_settings
 from stacchip_assets.io.storage import DEFAULT_S3_MAX_ATTEMPTS, Storage, default_base
 from stacchip_assets.dagster_defs.presets import CollectionConfig
 
@@ -183,48 +182,24 @@ class ChipSettingsResource(ConfigurableResource):
         )
 
 
-def _env(name: str, kind: str = "str"):
-    """EnvVar(name) if the variable is set (resolved at run time, hidden in the UI), else None."""
-    if not os.environ.get(name):
-        return None
-    if kind == "json":
-        try:
-            value = json.loads(os.environ[name])
-        except ValueError as exc:
-            raise StacchipError(f"{name} must be a JSON object: {exc}") from exc
-        if not isinstance(value, dict):
-            raise StacchipError(f"{name} must be a JSON object, got {type(value).__name__}")
-        return {str(k): str(v) for k, v in value.items()}
-    return {"str": EnvVar, "int": EnvVar.int}.get(kind, EnvVar)(name) if kind != "float" else float(os.environ[name])
+def _bound(name: str, kind: str, value: object):
+    """EnvVar(name) for text and integer fields (resolved in the run, shown by name in the UI), else the value."""
+    if kind == "int":
+        return EnvVar.int(name)
+    if kind == "str":
+        return EnvVar(name)
+    return value
 
 
-def resource_env_values() -> dict[str, dict]:
+def resource_env_values(settings: Settings | None = None) -> dict[str, dict]:
     """Field values of each resource bound to the environment variables above that are set (EnvVar
-    where possible); the `StacChipsComponent` layers its YAML values over these."""
-    def given(**values):
-        return {k: v for k, v in values.items() if v is not None}
-
+    where possible); the `StacChipsComponent` layers its YAML values over these. Which variables are
+    set comes from `io.settings` (default: `load_settings()`)."""
+    settings = load_settings() if settings is None else settings
     return {
-        "stac_source": given(
-            api_url=_env("STACCHIP_STAC_API_URL"),
-            catalog_path=_env("STACCHIP_STAC_CATALOG"),
-            max_items_per_tick=_env("STACCHIP_MAX_ITEMS_PER_TICK", "int"),
-            max_retries=_env("STACCHIP_STAC_MAX_RETRIES", "int"),
-        ),
-        "storage": given(
-            base=_env("STACCHIP_STORAGE_BASE"),
-            s3_endpoint_url=_env("STACCHIP_S3_ENDPOINT_URL"),
-            s3_region=_env("STACCHIP_S3_REGION"),
-            s3_access_key_id=_env("AWS_ACCESS_KEY_ID"),
-            s3_secret_access_key=_env("AWS_SECRET_ACCESS_KEY"),
-            s3_session_token=_env("AWS_SESSION_TOKEN"),
-            gdal_options=_env("STACCHIP_GDAL_OPTIONS", "json"),
-            href_signer=_env("STACCHIP_HREF_SIGNER"),
-        ),
-        "chip_settings": given(
-            chip_size=_env("STACCHIP_CHIP_SIZE", "int"),
-            chip_max_nodata=_env("STACCHIP_CHIP_MAX_NODATA", "float"),
-        ),
+        key: {f: _bound(name, RESOURCE_ENV[key][f][1], value)
+              for f, (name, value) in settings.resources.get(key, {}).items()}
+        for key in RESOURCE_ENV
     }
 
 
@@ -234,6 +209,6 @@ RESOURCE_CLASSES: dict[str, type[ConfigurableResource]] = {
 }
 
 
-def default_resources() -> dict[str, ConfigurableResource]:
+def default_resources(settings: Settings | None = None) -> dict[str, ConfigurableResource]:
     """Resources with defaults, bound to the environment variables above when they are set."""
-    return {key: RESOURCE_CLASSES[key](**values) for key, values in resource_env_values().items()}
+    return {key: RESOURCE_CLASSES[key](**values) for key, values in resource_env_values(settings).items()}

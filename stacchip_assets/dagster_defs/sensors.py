@@ -30,7 +30,6 @@ event log, not an automation condition (issue 16).
 
 import datetime as dt
 import json
-import os
 import time
 from typing import Any
 
@@ -42,15 +41,12 @@ from dagster import (
     sensor,
 )
 
-from stacchip_assets.dagster_defs.assets import (
-    ITEM_PARTITIONS_NAME,
-    backfill_partitions_per_run,
-    item_partition_key,
-)
+from stacchip_assets.dagster_defs.assets import ITEM_PARTITIONS_NAME, item_partition_key
 from stacchip_assets.dagster_defs.batching import partition_requests, plan_runs
 from stacchip_assets.dagster_defs.presets import CollectionConfig
 from stacchip_assets.dagster_defs.resources import StacSourceResource
 from stacchip_assets.errors import StacchipError
+from stacchip_assets.io.settings import Settings, load_settings
 from stacchip_assets.io.source_base import PolledItem
 from stacchip_assets.io.source_guards import FUTURE_TOLERANCE, SourceReport, canonical
 
@@ -60,15 +56,9 @@ TICK_BUDGET_SECONDS = 40.0
 #: Problems kept per collection in the cursor's "reported" entry.
 CURSOR_REPORTED = 20
 #: Seconds between two polls of the STAC sources (environment variable, default 60).
-SENSOR_INTERVAL_ENV = "STACCHIP_SENSOR_INTERVAL_SECONDS"
-
-
-def sensor_interval_seconds() -> int:
-    value = os.environ.get(SENSOR_INTERVAL_ENV, "").strip()
-    try:
-        return max(1, int(value)) if value else 60
-    except ValueError as exc:
-        raise StacchipError(f"{SENSOR_INTERVAL_ENV} must be a whole number of seconds, got {value!r}") from exc
+def sensor_interval_seconds(settings: Settings | None = None) -> int:
+    """`STACCHIP_SENSOR_INTERVAL_SECONDS` (default 60), from `io.settings`."""
+    return (load_settings() if settings is None else settings).sensor_interval_seconds
 
 
 #: Run tag that the run queue's concurrency limit for combined-index runs matches.
@@ -154,15 +144,15 @@ def existing_partitions(instance, keys: list[str]) -> set[str]:
     return set(instance.get_dynamic_partitions(ITEM_PARTITIONS_NAME)) & set(keys)
 
 
-def build_sensors(collections: list[CollectionConfig], chip_index_job, partitions_per_run: int | None = None):
-    """The item sensor; its runs cover up to `partitions_per_run` items (default
-    STACCHIP_BACKFILL_PARTITIONS_PER_RUN, read now)."""
-    per_run = partitions_per_run if partitions_per_run is not None else backfill_partitions_per_run()
+def build_sensors(collections: list[CollectionConfig], chip_index_job, settings: Settings | None = None):
+    """The item sensor; its runs cover up to STACCHIP_BACKFILL_PARTITIONS_PER_RUN items (`settings`)."""
+    settings = load_settings() if settings is None else settings
+    per_run = settings.backfill_partitions_per_run
 
     @sensor(
         name="stac_item_sensor",
         job=chip_index_job,
-        minimum_interval_seconds=sensor_interval_seconds(),
+        minimum_interval_seconds=sensor_interval_seconds(settings),
         default_status=DefaultSensorStatus.RUNNING,
         description="Polls each configured collection for items updated after the cursor; adds their "
         "chip_index partitions in one request and requests runs of up to "

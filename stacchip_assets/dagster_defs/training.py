@@ -30,6 +30,7 @@ from stacchip_assets.index.combined import read_combined
 from stacchip_assets.core.ids import validate_id
 from stacchip_assets.training import TrainingSetConfig, dask_client, read_manifest, select_chips, write_training_set
 from stacchip_assets.dagster_defs.assets import COMBINED_INDEX_KEY
+from stacchip_assets.io.settings import DASK_SCHEDULER_ENV, Settings, load_settings
 from stacchip_assets.dagster_defs.presets import CollectionConfig
 from stacchip_assets.dagster_defs.resources import StacSourceResource, StorageResource
 
@@ -57,11 +58,12 @@ class DaskResource(ConfigurableResource):
             yield client
 
 
-def default_dask_resource() -> DaskResource:
-    import os
-
-    if os.environ.get("STACCHIP_DASK_SCHEDULER"):
-        return DaskResource(scheduler_address=EnvVar("STACCHIP_DASK_SCHEDULER"))
+def default_dask_resource(settings: Settings | None = None) -> DaskResource:
+    """The dask resource: an existing scheduler if `STACCHIP_DASK_SCHEDULER` is set (from `io.settings`),
+    else a local cluster started per run."""
+    settings = load_settings() if settings is None else settings
+    if settings.dask_scheduler:
+        return DaskResource(scheduler_address=EnvVar(DASK_SCHEDULER_ENV))
     return DaskResource()
 
 
@@ -107,6 +109,11 @@ def _training_dir(storage: StorageResource, name: str) -> Path:
 
 def build_training_assets(collections: list[CollectionConfig]):
     """The `training_set` and `band_statistics` assets for the configured collections."""
+    return _build_training_set(collections), _build_band_statistics(collections)
+
+
+def _build_training_set(collections: list[CollectionConfig]):
+    """The `training_set` asset: shards drawn from the combined index (Dask extraction)."""
 
     @asset(
         key=TRAINING_SET_KEY, deps=[COMBINED_INDEX_KEY], group_name="training", code_version="1",
@@ -150,6 +157,12 @@ def build_training_assets(collections: list[CollectionConfig]):
             }
         )
 
+    return training_set
+
+
+def _build_band_statistics(collections: list[CollectionConfig]):
+    """The `band_statistics` asset: per collection and band statistics of a training set's chips."""
+
     @asset(
         key=BAND_STATISTICS_KEY, deps=[TRAINING_SET_KEY], group_name="training", code_version="1",
         kinds={"numpy"},
@@ -187,4 +200,4 @@ def build_training_assets(collections: list[CollectionConfig]):
             }
         )
 
-    return training_set, band_statistics_asset
+    return band_statistics_asset

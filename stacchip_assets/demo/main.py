@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
+
+from stacchip_assets.io.atomic import atomic_write_bytes
 
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 SENSOR_NAME = "stac_item_sensor"
@@ -50,10 +51,10 @@ def prepare_home(home: str | os.PathLike | None) -> Path:
     if not target.exists():
         for candidate in (Path.cwd() / "dagster.yaml", Path(__file__).resolve().parents[1] / "dagster.yaml"):
             if candidate.is_file() and candidate.resolve() != target.resolve():
-                shutil.copyfile(candidate, target)
+                atomic_write_bytes(target, candidate.read_bytes())  # no half-written dagster.yaml
                 break
         else:
-            target.write_text(MINIMAL_DAGSTER_YAML)
+            atomic_write_bytes(target, MINIMAL_DAGSTER_YAML.encode())
     os.environ["DAGSTER_HOME"] = str(path)
     return path
 

@@ -21,12 +21,15 @@ import numpy as np
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from stacchip_assets.errors import AssetGridError, StacchipError
-from stacchip_assets.core.hrefs import HrefPolicy, strip_credentials
-from stacchip_assets.index.chip_indexer import ChipIndexer
-from stacchip_assets.core.limits import ReadLimits, read_limits
-from stacchip_assets.io.raster import open_asset, read_window
+from stacchip_assets.core.hrefs import strip_credentials
+from stacchip_assets.core.limits import ReadLimits
+from stacchip_assets.io.settings import read_limits
 from stacchip_assets.core.stac import asset_href, check_asset_matches_metadata, raster_asset_keys
+from stacchip_assets.errors import AssetGridError, StacchipError
+from stacchip_assets.index.chip_indexer import ChipIndexer
+from stacchip_assets.io.local_files import HrefPolicy
+from stacchip_assets.io.raster import read_window
+from stacchip_assets.io.remote_raster import open_asset  # http(s)/s3 COGs: range reader; else GDAL
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,7 @@ class AssetChipReader:
         cols = self._source_indices(np.asarray(col_offs, dtype=np.int64), self.scale_x, self.offset_x)
         rows = self._source_indices(np.asarray(row_offs, dtype=np.int64), self.scale_y, self.offset_y)
         order = np.lexsort((cols[:, 0], rows[:, 0]))
+        runs = []
         start = 0
         while start < n:
             # Grow a run of chips on the same source rows whose column ranges touch.
@@ -99,21 +103,40 @@ class AssetChipReader:
             ):
                 end += 1
             members = order[start:end]
-            self._read_run(out, members, rows[first], cols[members])
+            runs.append((members, rows[first], cols[members]))
             start = end
+        # All windows at once: a remote reader fetches their tiles concurrently (io.remote_raster).
+        windows = [self._run_window(row_idx, col_idx) for _, row_idx, col_idx in runs]
+        wanted = [w for w in windows if w is not None]
+        if hasattr(ds, "read_windows"):
+            datas = iter(ds.read_windows(wanted)) if wanted else iter(())
+        else:
+            datas = (read_window(ds, w, item_id=self.item_id, asset_key=self.key) for w in wanted)
+        for (members, row_idx, col_idx), window in zip(runs, windows):
+            if window is None:
+                out[members] = self.fill
+            else:
+                self._place_run(out, members, row_idx, col_idx, window, next(datas))
         return out
 
-    def _read_run(self, out: np.ndarray, members: np.ndarray, row_idx: np.ndarray, col_idx: np.ndarray) -> None:
+    def _run_window(self, row_idx: np.ndarray, col_idx: np.ndarray) -> Window | None:
+        """The source window under a run (clipped to the asset), None if the run is all outside."""
         ds = self.dataset
         r0, r1 = int(row_idx[0]), int(row_idx[-1]) + 1
         c0, c1 = int(col_idx.min()), int(col_idx.max()) + 1
         cr0, cr1 = max(r0, 0), min(r1, ds.height)
         cc0, cc1 = max(c0, 0), min(c1, ds.width)
         if cr0 >= cr1 or cc0 >= cc1:
-            out[members] = self.fill
-            return
-        window = Window(cc0, cr0, cc1 - cc0, cr1 - cr0)
-        data = read_window(ds, window, item_id=self.item_id, asset_key=self.key)
+            return None
+        return Window(cc0, cr0, cc1 - cc0, cr1 - cr0)
+
+    def _place_run(self, out: np.ndarray, members: np.ndarray, row_idx: np.ndarray, col_idx: np.ndarray,
+                   window: Window, data: np.ndarray) -> None:
+        ds = self.dataset
+        r0, r1 = int(row_idx[0]), int(row_idx[-1]) + 1
+        c0, c1 = int(col_idx.min()), int(col_idx.max()) + 1
+        cr0, cc0 = int(window.row_off), int(window.col_off)
+        cr1, cc1 = cr0 + int(window.height), cc0 + int(window.width)
         if (cr0, cr1, cc0, cc1) != (r0, r1, c0, c1):
             padded = np.full((ds.count, r1 - r0, c1 - c0), self.fill, dtype=data.dtype)
             padded[:, cr0 - r0 : cr1 - r0, cc0 - c0 : cc1 - c0] = data
@@ -141,7 +164,7 @@ class Chipper:
     `asset_blacklist` removes some, and `mountpath` maps each href's path onto a local folder (as in
     stacchip). `len()`, indexing and iteration go over the rows of the indexer's chip index (the chips
     kept after nodata filtering), yielding `(x, y, {asset: pixels})`. `limits` (default
-    :func:`stacchip_assets.core.limits.read_limits`) bounds the chip size and the COG tile size before any
+    :func:`stacchip_assets.io.settings.read_limits`) bounds the chip size and the COG tile size before any
     read (ResourceLimitError); local files are opened as :func:`stacchip_assets.io.raster.open_asset` says,
     inside the indexer's href policy folders (or inside `mountpath` when one is given).
     """
@@ -230,6 +253,8 @@ class Chipper:
         self._after_fork()
         readers = [self.reader(key) for key in self.asset_keys]
         workers = min(len(readers), os.cpu_count() or 1)
+        if any(hasattr(r.dataset, "read_windows") for r in readers):
+            workers = len(readers)  # remote assets wait on the network: all of them at once
         if workers <= 1:
             return {r.key: r.read(col_offs, row_offs) for r in readers}
         # Each asset has its own dataset handle, so assets decode in parallel (GDAL releases the GIL);

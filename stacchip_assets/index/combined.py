@@ -37,54 +37,22 @@ from the files. One small file, proportional to the changes since the last recor
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 
 from stacchip_assets.errors import StorageError
+from stacchip_assets.index.combined_layout import (  # noqa: F401  (re-exported: their old home)
+    JOURNAL_KEY,
+    CombineReport,
+    collection_folder,
+    collection_of_folder,
+    combined_key,
+)
+from stacchip_assets.index.lsm_manifest import DeltaLog
 from stacchip_assets.io.geoparquet import INDEX_SCHEMA, empty_index_table, with_geo_metadata
-from stacchip_assets.core.ids import validate_id
 from stacchip_assets.io.storage import COMBINED_DIR, FileEntry, Storage
-
-
-def _folder(collection: str) -> str:
-    return validate_id(collection, "collection").replace("=", "%3D")
-
-
-def _unfolder(name: str) -> str:
-    return name.replace("%3D", "=")
-
-
-#: What the last update found before it copied (see the module docstring), hidden from readers.
-JOURNAL_KEY = f"{COMBINED_DIR}/_journal.json"
-
-
-def combined_key(collection: str, item_id: str) -> str:
-    """Key of one item's file in the combined index."""
-    return f"{COMBINED_DIR}/{_folder(collection)}/{validate_id(item_id, 'item')}.parquet"
-
-
-@dataclass
-class CombineReport:
-    """What one update of the combined index did."""
-
-    upserted: list[tuple[str, str]] = field(default_factory=list)
-    removed: list[tuple[str, str]] = field(default_factory=list)
-    missing_sources: list[tuple[str, str]] = field(default_factory=list)
-    rows_added: int = 0
-    rows_removed: int = 0
-    #: (collection, item_id) -> rows now in the combined index for that item (0 if removed)
-    rows_by_item: dict[tuple[str, str], int] = field(default_factory=dict)
-    #: (collection, item_id) -> rows that item had in the combined index before the update
-    previous_rows_by_item: dict[tuple[str, str], int] = field(default_factory=dict)
-    #: items that had a file in the combined index before the update
-    existed_before: set[tuple[str, str]] = field(default_factory=set)
-
-    @property
-    def items_changed(self) -> int:
-        return len(self.upserted) + len(self.removed)
 
 
 class CombinedIndex:
@@ -103,8 +71,6 @@ class CombinedIndex:
         if self._registering or not items:
             yield reports
             return
-        from stacchip_assets.index.compaction import DeltaLog  # late: compaction imports this module
-
         log = DeltaLog.if_enabled(self.storage)
         if log is None:
             yield reports
@@ -244,7 +210,7 @@ class CombinedIndex:
         for entry in self.storage.list_files(COMBINED_DIR, suffix=".parquet"):
             parts = entry.key.split("/")
             if len(parts) == 3:
-                out[(_unfolder(parts[1]), parts[2][: -len(".parquet")])] = entry
+                out[(collection_of_folder(parts[1]), parts[2][: -len(".parquet")])] = entry
         return out
 
     def items(self) -> set[tuple[str, str]]:

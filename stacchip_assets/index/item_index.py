@@ -20,13 +20,14 @@ import pyarrow as pa
 import pystac
 import shapely
 
-from stacchip_assets.errors import InvalidItemError, StacchipError
-from stacchip_assets.core.hrefs import HrefPolicy, strip_credentials
-from stacchip_assets.index.chip_indexer import INDEXERS, ChipIndexer, Indexer, indexer_class_for
-from stacchip_assets.core.limits import ReadLimits
+from stacchip_assets.core.hrefs import strip_credentials
 from stacchip_assets.core.ids import validate_id
-from stacchip_assets.index.quicklook import DEFAULT_SIZE, render_quicklook
+from stacchip_assets.core.limits import ReadLimits
 from stacchip_assets.core.stac import item_bbox
+from stacchip_assets.errors import InvalidItemError, StacchipError
+from stacchip_assets.index.chip_indexer import INDEXERS, ChipIndexer, Indexer, indexer_class_for
+from stacchip_assets.index.quicklook import DEFAULT_SIZE, render_quicklook
+from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.io.stac_source import item_updated
 from stacchip_assets.io.storage import Storage
 

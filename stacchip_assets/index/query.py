@@ -41,9 +41,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from stacchip_assets.index.combined import CombinedIndex, combined_key
-from stacchip_assets.index.compaction import Manifest, Run, load_manifest
 from stacchip_assets.errors import StorageError
+from stacchip_assets.index.combined import CombinedIndex, combined_key
+from stacchip_assets.index.lsm_manifest import Manifest, Run, load_manifest
 from stacchip_assets.io.geoparquet import INDEX_SCHEMA, geo_metadata, with_geo_metadata
 from stacchip_assets.io.storage import Storage
 

@@ -11,7 +11,7 @@ chip grid and read the chip's window from the item's COG assets::
 
 The stored item JSON is untrusted input (anyone who can write the storage base can edit it), so the
 asset hrefs it names go through an href policy before GDAL sees them (`href_policy=`). The default,
-:func:`stacchip_assets.core.hrefs.default_read_policy`, allows http, https and s3 URLs, files inside the
+:func:`stacchip_assets.io.local_files.default_read_policy`, allows http, https and s3 URLs, files inside the
 embedded sample catalog's folder and, elsewhere, only local files that really are TIFF/JPEG 2000
 rasters (first bytes checked); ``file://``, ``/vsi...`` paths, driver prefixes and any other local
 file (``/etc/passwd``) are refused with HrefPolicyError; what GDAL opens is decided on the opened
@@ -34,12 +34,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pystac
 
+from stacchip_assets.io.settings import read_limits
+from stacchip_assets.errors import StacchipError, StorageError
+from stacchip_assets.index.chip_indexer import ChipIndexer, NoStatsChipIndexer
 from stacchip_assets.index.chipper import Chipper
 from stacchip_assets.index.combined import CombinedIndex
-from stacchip_assets.errors import StacchipError, StorageError
-from stacchip_assets.core.hrefs import HrefPolicy, default_read_policy
-from stacchip_assets.index.chip_indexer import ChipIndexer, NoStatsChipIndexer
-from stacchip_assets.core.limits import read_limits
+from stacchip_assets.io.local_files import HrefPolicy, default_read_policy
 from stacchip_assets.io.storage import Storage
 
 ROW_FIELDS = ("item_href", "chip_index_x", "chip_index_y", "chip_size", "chip_stride")
@@ -90,7 +90,7 @@ def _item(href: str, storage: Storage | None) -> pystac.Item:
 
 def indexer_for_row(row: Any, *, storage: Storage | None = None, href_policy: HrefPolicy | None = None) -> ChipIndexer:
     """The chip grid a row was indexed on (no statistics are computed or read); its asset hrefs are
-    checked against `href_policy` (default: :func:`stacchip_assets.core.hrefs.default_read_policy`)."""
+    checked against `href_policy` (default: :func:`stacchip_assets.io.local_files.default_read_policy`)."""
     values = row_to_dict(row)
     missing = [f for f in ROW_FIELDS if values.get(f) is None]
     if missing:

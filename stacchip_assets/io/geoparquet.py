@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import shapely
 
-from stacchip_assets.errors import StorageError
 from stacchip_assets.core.grid import WGS84
+from stacchip_assets.errors import StorageError
+from stacchip_assets.io.atomic import atomic_path
 
 GEOPARQUET_VERSION = "1.1.0"
+#: Rows per Parquet row group of a per-item index.
+ROW_GROUP_ROWS = 128 * 1024
 
 BBOX_TYPE = pa.struct(
     [("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()), ("ymax", pa.float64())]
@@ -143,13 +145,22 @@ def _split_uri(uri: str | os.PathLike, filesystem: pafs.FileSystem | None) -> tu
     return pafs.LocalFileSystem(), str(Path(text).absolute())
 
 
+def encode_index(table: pa.Table) -> bytes:
+    """The GeoParquet bytes of an index (``geo`` metadata added if missing), for one-PUT object writes."""
+    if b"geo" not in (table.schema.metadata or {}):
+        table = with_geo_metadata(table)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    return sink.getvalue().to_pybytes()
+
+
 def write_index(table: pa.Table, uri: str | os.PathLike, filesystem: pafs.FileSystem | None = None, *,
                 tmp_dir: str | os.PathLike | None = None) -> str:
     """Write an index as GeoParquet, atomically: readers see the old file or the new one, never half.
 
-    Local paths are written to a temporary file and renamed over the target: in `tmp_dir` (a folder
-    on the same filesystem; `storage.Storage` passes its ``{base}/.tmp``, where killed writes are
-    cleaned up) or else a hidden ``.{name}.*.tmp`` beside the target;
+    Local paths go through :func:`stacchip_assets.io.atomic.atomic_path`: a temporary in `tmp_dir` (a
+    folder on the same filesystem; `storage.Storage` passes its ``{base}/.tmp``, where killed writes are
+    cleaned up) or else a hidden sibling ``.{host}.{pid}.{random}.tmp``, renamed over the target;
     object stores (s3://) get the whole file in one upload, which becomes visible only when it
     completes (pyarrow may use a multipart upload; `storage.Storage` uses one boto3 PUT).
     """
@@ -158,28 +169,13 @@ def write_index(table: pa.Table, uri: str | os.PathLike, filesystem: pafs.FileSy
     fs, path = _split_uri(uri, filesystem)
     try:
         if isinstance(fs, pafs.LocalFileSystem):
-            target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if tmp_dir is not None:
-                from stacchip_assets.io.storage import temp_name
-
-                tmp = str(Path(tmp_dir) / temp_name())
-            else:
-                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-                os.close(fd)
-            try:
-                pq.write_table(table, tmp, compression="zstd", row_group_size=128 * 1024)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_path(path, tmp_dir=tmp_dir) as tmp:
+                pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         else:
-            sink = pa.BufferOutputStream()
-            pq.write_table(table, sink, compression="zstd", row_group_size=128 * 1024)
-            parent = path.rsplit("/", 1)[0]
-            fs.create_dir(parent, recursive=True)
+            data = encode_index(table)
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             with fs.open_output_stream(path) as out:  # one PUT for small objects
-                out.write(sink.getvalue())
+                out.write(data)
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot write index {uri}: {exc}") from exc
     return str(uri)

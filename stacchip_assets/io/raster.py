@@ -36,9 +36,11 @@ from rasterio._err import CPLE_BaseError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
+from stacchip_assets.core.hrefs import gdal_syntax_problem, raster_driver_of, redact_credentials, strip_credentials
+from stacchip_assets.core.limits import ReadLimits
+from stacchip_assets.io.settings import read_limits
 from stacchip_assets.errors import AssetReadError, HrefPolicyError, StacchipError
-from stacchip_assets.core.hrefs import HrefPolicy, gdal_syntax_problem, redact_credentials, strip_credentials
-from stacchip_assets.core.limits import ReadLimits, read_limits
+from stacchip_assets.io.local_files import HrefPolicy
 
 
 class RefusedRasterError(AssetReadError, HrefPolicyError):
@@ -69,9 +71,6 @@ DEFAULT_GDAL_OPTIONS: dict[str, str] = {
 #: by their first bytes; URLs are tried with GTiff first (JP2OpenJPEG first for .jp2/.j2k).
 ALLOWED_DRIVERS = ("GTiff", "JP2OpenJPEG")
 
-#: First bytes of each allowed format: TIFF / BigTIFF (both byte orders), JP2 box, raw J2K codestream.
-_MAGIC = ((b"II*\x00", "GTiff"), (b"MM\x00*", "GTiff"), (b"II+\x00", "GTiff"), (b"MM\x00+", "GTiff"),
-          (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JP2OpenJPEG"), (b"\xff\x4f\xff\x51", "JP2OpenJPEG"))
 
 #: Options that carry credentials: never accepted in `gdal_options` (they would be shown in the UI).
 _SECRET_OPTIONS = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "GS_SECRET_ACCESS_KEY",
@@ -267,7 +266,7 @@ def open_asset(href: str, *, item_id: str | None = None, asset_key: str | None =
     policy is given, and GDAL then reads that same open file (``/dev/fd/N``), so swapping the path
     afterwards changes nothing. URLs go through the signer of the current :func:`gdal_env`. Every open
     is limited to ALLOWED_DRIVERS, and a tile larger than ``limits.max_tile_pixels`` (default
-    :func:`stacchip_assets.core.limits.read_limits`) is a ResourceLimitError before any pixel is read.
+    :func:`stacchip_assets.io.settings.read_limits`) is a ResourceLimitError before any pixel is read.
     """
     problem = gdal_syntax_problem(href)
     if problem:
@@ -329,7 +328,7 @@ def _open_local(path: str, *, item_id: str | None, asset_key: str | None,
         if not stat.S_ISREG(info.st_mode):
             raise fail("not a regular file", RefusedRasterError)
         head = os.pread(fd, 16, 0)
-        driver = next((d for magic, d in _MAGIC if head.startswith(magic)), None)
+        driver = raster_driver_of(head)
         if driver is None:
             raise fail("not a supported raster format: only GeoTIFF/COG and JPEG 2000 files are opened "
                        "(VRT and other formats that name other files are refused)", RefusedRasterError)

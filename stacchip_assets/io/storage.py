@@ -9,16 +9,15 @@ explicitly or found the usual way). The layout is stacchip's, so existing toolin
     {base}/combined/{collection}/{item_id}.parquet                    combined index (see combine.py)
     {base}/item_sets/{collection}.json                                the items a search selected
 
-Every write is atomic: local files are written to a temporary file in the hidden folder
-``{base}/.tmp/`` (same filesystem, so the rename over the target is atomic) named
-``{host}.{pid}.{random}.tmp``; a writer killed mid-write leaves its temporary there, and the next
+Every write is atomic (:mod:`stacchip_assets.io.atomic`): local files are written to a temporary
+file in the hidden folder ``{base}/.tmp/`` (same filesystem, so the rename over the target is atomic)
+named ``{host}.{pid}.{random}.tmp``; a writer killed mid-write leaves its temporary there, and the next
 Storage that writes to the base removes the temporaries whose writer process is dead (same host) or
 that are older than a day (another host), without listing any other folder. S3 objects arrive in a
-single PUT. Readers skip every hidden path. Collection and item ids are validated with
+single PUT (:mod:`stacchip_assets.io.s3`). Readers skip every hidden path. Collection and item ids are validated with
 :func:`stacchip_assets.core.ids.validate_id` before they become paths or keys.
 
-Transient S3 errors (5xx, throttling, dropped connections) are retried with backoff, a bounded
-number of attempts (``max_attempts``, boto3's and pyarrow's "standard" retry modes).
+Transient S3 errors are retried with backoff, a bounded number of attempts (``max_attempts``).
 Item JSON is stored without credentials: signed asset/link hrefs lose their tokens
 (:func:`stacchip_assets.core.hrefs.strip_credentials`).
 """
@@ -29,10 +28,6 @@ import contextlib
 import json
 import logging
 import os
-import re
-import socket
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,95 +38,43 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pystac
 
-from stacchip_assets.errors import InvalidIdentifierError, StorageError
-from stacchip_assets.io.geoparquet import read_index, with_geo_metadata, write_index
 from stacchip_assets.core.hrefs import strip_credentials
 from stacchip_assets.core.ids import validate_id
+from stacchip_assets.errors import InvalidIdentifierError, StorageError
+from stacchip_assets.io import settings
+from stacchip_assets.io.atomic import (  # noqa: F401  (re-exported: the old home of these names)
+    FOREIGN_TMP_MAX_AGE_SECONDS,
+    TMP_DIR,
+    atomic_path,
+    atomic_write_bytes,
+    remove_stale_temporaries,
+    temp_name,
+)
+from stacchip_assets.io.geoparquet import encode_index, read_index, write_index
+from stacchip_assets.io.s3 import (  # noqa: F401  (re-exported)
+    DEFAULT_S3_MAX_ATTEMPTS,
+    explain_s3_error,
+    put_object,
+    s3_client,
+    s3_filesystem,
+)
 
 log = logging.getLogger(__name__)
 
 #: Environment variable naming the default storage base.
-STORAGE_BASE_ENV = "STACCHIP_STORAGE_BASE"
+STORAGE_BASE_ENV = settings.STORAGE_BASE_ENV
 ITEM_FILENAME = "stac_item.json"
 INDEX_DIR = "index"
 COMBINED_DIR = "combined"
 ITEM_SETS_DIR = "item_sets"
 #: Top-level folders of the layout that therefore cannot be collection ids.
 RESERVED_COLLECTIONS = frozenset({INDEX_DIR, COMBINED_DIR, ITEM_SETS_DIR})
-#: Hidden folder of a local base that holds the temporaries of writes in progress.
-TMP_DIR = ".tmp"
-#: Temporaries of another host whose liveness cannot be checked are removed after this long.
-FOREIGN_TMP_MAX_AGE_SECONDS = 24 * 3600
-#: Attempts of one S3 request (the first included) on transient errors, with exponential backoff.
-DEFAULT_S3_MAX_ATTEMPTS = 5
-_TMP_NAME = re.compile(r"^(?P<host>[A-Za-z0-9-]{1,64})\.(?P<pid>\d+)\.[0-9a-f]{12}\.tmp$")
-
-
-def _host_tag() -> str:
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:64] or "host"
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether process `pid` of this host is running (a zombie, killed but not yet reaped, is dead)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
-
-
-def temp_name() -> str:
-    """Name of a temporary file of this process: ``{host}.{pid}.{random}.tmp``."""
-    return f"{_host_tag()}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-
-
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
-    """Delete the temporaries in `folder` whose writer is dead: same host and no such process, or
-    another host and older than FOREIGN_TMP_MAX_AGE_SECONDS. Returns the names removed."""
-    removed: list[str] = []
-    host = _host_tag()
-    try:
-        entries = list(os.scandir(folder))
-    except FileNotFoundError:
-        return removed
-    now = time.time()
-    for entry in entries:
-        match = _TMP_NAME.match(entry.name)
-        if match is None or not entry.is_file(follow_symlinks=False):
-            continue
-        if match["host"] == host:
-            stale = not _process_alive(int(match["pid"]))
-        else:
-            try:
-                stale = now - entry.stat(follow_symlinks=False).st_mtime > FOREIGN_TMP_MAX_AGE_SECONDS
-            except FileNotFoundError:
-                continue
-        if stale:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-                removed.append(entry.name)
-    if removed:
-        log.info("removed %d temporaries of killed writers from %s", len(removed), folder)
-    return removed
 
 
 def default_base() -> str:
-    """``$STACCHIP_STORAGE_BASE``, else ``$DAGSTER_HOME/stacchip``, else ``./.dagster_home/stacchip``."""
-    explicit = os.environ.get(STORAGE_BASE_ENV)
-    if explicit:
-        return explicit
-    home = os.environ.get("DAGSTER_HOME")
-    if home:
-        return str(Path(home).expanduser().absolute() / "stacchip")
-    return str(Path(".dagster_home").absolute() / "stacchip")
+    """``$STACCHIP_STORAGE_BASE``, else ``$DAGSTER_HOME/stacchip``, else ``./.dagster_home/stacchip``
+    (read by `io.settings`, the one module that reads STACCHIP_* variables)."""
+    return settings.default_base()
 
 
 @dataclass(frozen=True)
@@ -141,70 +84,6 @@ class FileEntry:
     key: str
     size: int
     mtime: float
-
-
-def _endpoint_parts(endpoint_url: str) -> tuple[str, str]:
-    """("host:port", "http" | "https") of an endpoint URL; a bare host:port means https."""
-    if "://" not in endpoint_url:
-        return endpoint_url.rstrip("/"), "https"
-    parsed = urlparse(endpoint_url)
-    return parsed.netloc, parsed.scheme or "https"
-
-
-def s3_filesystem(
-    *,
-    endpoint_url: str | None = None,
-    region: str | None = None,
-    access_key_id: str | None = None,
-    secret_access_key: str | None = None,
-    session_token: str | None = None,
-    max_attempts: int = DEFAULT_S3_MAX_ATTEMPTS,
-) -> pafs.S3FileSystem:
-    """A pyarrow S3 filesystem; unset values fall back to the AWS environment/config chain. Transient
-    errors are retried (AWS standard strategy, `max_attempts` attempts in all)."""
-    options: dict[str, Any] = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max(1, int(max_attempts)))}
-    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint_url:
-        options["endpoint_override"], options["scheme"] = _endpoint_parts(endpoint_url)
-    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        options["region"] = region
-    if access_key_id and secret_access_key:
-        options["access_key"] = access_key_id
-        options["secret_key"] = secret_access_key
-        if session_token:
-            options["session_token"] = session_token
-    try:
-        return pafs.S3FileSystem(**options)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise StorageError(f"cannot set up S3 access (endpoint {endpoint_url or 'AWS default'}): {exc}") from exc
-
-
-_REFUSED_CODES = ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "ACCESS_DENIED", "ExpiredToken",
-                  "InvalidToken", "InvalidClientTokenId", "AuthorizationHeaderMalformed")
-
-
-def explain_s3_error(exc: BaseException, s3_options: dict[str, Any] | None = None) -> str:
-    """The cause of an S3 failure in words: when the server refused the credentials, say so and name the
-    access key and endpoint (never the secret, which is redacted should the cause contain it)."""
-    options = s3_options or {}
-    text = str(exc)
-    code = None
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = (response.get("Error") or {}).get("Code")
-    if code is None:
-        code = next((c for c in _REFUSED_CODES if c in text), None)
-    if code in _REFUSED_CODES:
-        key = options.get("aws_access_key_id")
-        endpoint = options.get("endpoint_url") or "the AWS default endpoint"
-        who = f"access key {key!r}" if key else "the credentials found in the environment"
-        text = (f"S3 refused the credentials ({code}) for {who} at {endpoint}: wrong access key or secret "
-                f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), or no permission. Cause: {text}")
-    for secret in (options.get("aws_secret_access_key"), options.get("aws_session_token")):
-        if secret:
-            text = text.replace(secret, "<secret>")
-    return text
 
 
 class Storage:
@@ -348,29 +227,20 @@ class Storage:
 
     @contextlib.contextmanager
     def staged_path(self, key: str) -> Iterator[str]:
-        """A temporary local path for `key`: write the file there inside the block; on a clean exit it
-        is renamed over the key's file (atomic), on an error it is removed. For writers that want a
-        path (pyarrow, zipfile); :meth:`write_bytes` uses it."""
-        target = Path(self.path(key))
+        """A temporary local path for `key` in ``{base}/.tmp``: write the file there inside the block;
+        on a clean exit it is renamed over the key's file (atomic), on an error it is removed. For
+        writers that want a path (pyarrow, zipfile); see :func:`stacchip_assets.io.atomic.atomic_path`."""
         if not self.is_local:
             raise StorageError(f"cannot stage {self.uri(key)}: not a local base")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.temp_dir() / temp_name()
-        try:
-            yield str(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_path(self.path(key), tmp_dir=self.temp_dir()) as tmp:
+            yield tmp
 
     def write_bytes(self, key: str, data: bytes) -> str:
         """Write ``data`` at ``key`` atomically; returns the URI."""
         path = self.path(key)
         try:
             if self.is_local:
-                with self.staged_path(key) as tmp:
-                    with open(tmp, "wb") as handle:
-                        handle.write(data)
+                atomic_write_bytes(path, data, tmp_dir=self.temp_dir())
             else:
                 self._put_object(path, data)
         except (OSError, pa.ArrowException) as exc:
@@ -378,22 +248,13 @@ class Storage:
         return self.uri(key)
 
     def _put_object(self, path: str, data: bytes) -> None:
-        """One S3 PutObject (atomic: readers see the old object or the new one). boto3, not pyarrow:
-        pyarrow's output stream uses multipart uploads, which some S3-compatible servers mishandle."""
-        import botocore.exceptions
-
+        """One S3 PutObject (atomic: readers see the old object or the new one), see :func:`put_object`."""
         if self._s3_client is None:
-            import boto3
-            from botocore.config import Config
-
-            # total_max_attempts counts the first attempt (botocore's "max_attempts" would count retries only)
-            retries = Config(retries={"mode": "standard", "total_max_attempts": self.max_attempts})
-            self._s3_client = boto3.client("s3", config=retries, **self.s3_options)
-        bucket, _, object_key = path.partition("/")
+            self._s3_client = s3_client(self.s3_options, self.max_attempts)
         try:
-            self._s3_client.put_object(Bucket=bucket, Key=object_key, Body=data)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise self._error(f"cannot write s3://{path}", exc) from exc
+            put_object(self._s3_client, path, data)
+        except OSError as exc:
+            raise self._error(f"cannot write s3://{path}", exc.__cause__ or exc) from exc
 
     def read_bytes(self, key: str) -> bytes:
         try:
@@ -504,14 +365,11 @@ class Storage:
         key = self.index_key(collection, item_id)
         if self.is_local:
             return write_index(table, self.path(key), tmp_dir=self.temp_dir())
-        if b"geo" not in (table.schema.metadata or {}):
-            table = with_geo_metadata(table)
-        sink = pa.BufferOutputStream()
         try:
-            pq.write_table(table, sink, compression="zstd", row_group_size=128 * 1024)
+            data = encode_index(table)
         except (OSError, pa.ArrowException) as exc:
             raise StorageError(f"cannot encode the index of {collection}/{item_id}: {exc}", item_id=item_id) from exc
-        return self.write_bytes(key, sink.getvalue().to_pybytes())
+        return self.write_bytes(key, data)
 
     def read_index(self, collection: str, item_id: str) -> pa.Table:
         key = self.index_key(collection, item_id)

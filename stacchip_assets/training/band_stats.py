@@ -37,27 +37,23 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stacchip_assets.core.hrefs import HrefPolicy
-
-from stacchip_assets.training import (
-    ChipTask,
-    CollectionLayout,
-    TrainingSetConfig,
-    _as_table,
-    collection_layouts,
-    iter_task_pixels,
-    make_tasks,
-    plan_training_set,
-    run_tasks,
-)
+from stacchip_assets.io.local_files import HrefPolicy
+from stacchip_assets.io.atomic import atomic_path, atomic_write_bytes
+from stacchip_assets.training.config import TrainingSetConfig
+from stacchip_assets.training.distributed import run_tasks
+from stacchip_assets.training.extract import collection_layouts, iter_task_pixels
+from stacchip_assets.training.layout import CollectionLayout
+from stacchip_assets.training.plan import ChipTask, make_tasks, plan_training_set
+from stacchip_assets.training.tables import as_table
 
 __all__ = [
     "PERCENTILES", "ChannelAccumulator", "CollectionAccumulator", "band_statistics", "band_statistics_markdown",
@@ -118,7 +114,7 @@ class ChannelAccumulator:
         # (d * d).sum(), not np.dot: BLAS reductions depend on the thread count (Dask workers run 1)
         self.parts.append((int(v.size), mean_b, float((d * d).sum()), float(v.min()), float(v.max())))
 
-    def merge(self, other: "ChannelAccumulator") -> None:
+    def merge(self, other: ChannelAccumulator) -> None:
         """Append ``other``'s pixels (which come after this one's in the global order)."""
         if other.dtype != self.dtype:
             raise ValueError(f"cannot merge {other.dtype} statistics into {self.dtype}")
@@ -191,7 +187,7 @@ class CollectionAccumulator:
                 nodata = chipper.reader(spec.asset).dataset.nodata
             acc.update(pixels[spec.asset][:, spec.band - 1], nodata)
 
-    def merge(self, other: "CollectionAccumulator") -> None:
+    def merge(self, other: CollectionAccumulator) -> None:
         for a, b in zip(self.channels, other.channels):
             a.merge(b)
 
@@ -236,7 +232,7 @@ def band_statistics(
     ``href_policy``: what the stored items' asset hrefs may point at (default
     :func:`stacchip_assets.core.hrefs.default_read_policy`), as in ``write_training_set``.
     """
-    plan = plan_training_set(_as_table(selection), config)
+    plan = plan_training_set(as_table(selection), config)
     if plan.num_rows == 0:
         return []
     layouts = collection_layouts(plan, config, mountpath=mountpath, href_policy=href_policy)
@@ -262,9 +258,7 @@ def _summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def write_band_statistics_json(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
     """``{"records": [...], "collections": {collection: {"bands", "mean", "std"}}}``, atomically."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"records": list(records), "collections": _summary(records)}, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps({"records": list(records), "collections": _summary(records)}, indent=2) + "\n").encode())
     return path
 
 
@@ -287,9 +281,8 @@ def band_statistics_table(records: Sequence[Mapping[str, Any]]) -> pa.Table:
 def write_band_statistics_parquet(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
     """One row per (collection, band), atomically."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(band_statistics_table(records), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(band_statistics_table(records), tmp)
     return path
 
 

@@ -10,7 +10,7 @@
 Both yield the same sample for the same chip::
 
     {"pixels": float32 (C, H, W), "nodata_mask": bool (H, W),
-     "lat_norm", "lon_norm", "week_norm", "hour_norm": float32 (2,),   # (sin, cos), see training.py
+     "lat_norm", "lon_norm", "week_norm", "hour_norm": float32 (2,),   # (sin, cos), see training/metadata.py
      "chipid": str, "collection": str, "index": int}
 
 ``nodata_mask`` is True where any channel equals its asset's nodata value (or is NaN). Channel
@@ -29,28 +29,23 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from stacchip_assets.index.chipper import Chipper
-from stacchip_assets.training import (
-    NORM_KEYS,
-    CollectionLayout,
-    TrainingSetConfig,
-    _as_table,
-    _indexer,
-    _strings,
-    chip_norms,
-    collection_layouts,
-    load_item,
-    plan_training_set,
-    read_manifest,
-    read_training_set_info,
-    select_chips,
-)
+from stacchip_assets.index.reader import load_item
+from stacchip_assets.training.config import NORM_KEYS, TrainingSetConfig
+from stacchip_assets.training.extract import chip_indexer, collection_layouts
+from stacchip_assets.training.layout import CollectionLayout
+from stacchip_assets.training.metadata import chip_norms
+from stacchip_assets.training.plan import plan_training_set
+from stacchip_assets.training.selection import select_chips
+from stacchip_assets.training.tables import as_table, string_column
+from stacchip_assets.training.training_set import read_manifest, read_training_set_info
 
 __all__ = ["ChipIndexDataset", "ShardDataset", "nodata_mask"]
 
@@ -137,13 +132,13 @@ class ChipIndexDataset:
 
     def __init__(self, index_table: Any, config: TrainingSetConfig, *, select: bool = True,
                  mountpath: str | None = None, max_open_items: int = 4) -> None:
-        table = select_chips(index_table, config) if select else _as_table(index_table)
+        table = select_chips(index_table, config) if select else as_table(index_table)
         plan = plan_training_set(table, config)  # training order, uniform chip size per collection
         self.config = config
         self.mountpath = mountpath
-        self.chipids = _strings(plan, "chipid")
-        self.collections = _strings(plan, "collection")
-        self.item_hrefs = _strings(plan, "item_href")
+        self.chipids = string_column(plan, "chipid")
+        self.collections = string_column(plan, "collection")
+        self.item_hrefs = string_column(plan, "item_href")
         self.xs = plan.column("chip_index_x").to_numpy().astype(np.int64)
         self.ys = plan.column("chip_index_y").to_numpy().astype(np.int64)
         self.index = plan.column("index").to_numpy()
@@ -159,7 +154,7 @@ class ChipIndexDataset:
     def _chipper(self, href: str, layout: CollectionLayout) -> Chipper:
         def make() -> Chipper:
             item = load_item(href)
-            return Chipper(_indexer(item, layout.chip_size, layout.chip_stride), mountpath=self.mountpath,
+            return Chipper(chip_indexer(item, layout.chip_size, layout.chip_stride), mountpath=self.mountpath,
                            assets=layout.assets)
 
         return self._chippers.get(href, make)
@@ -202,9 +197,9 @@ class ShardDataset:
         self.format = self.info["format"]
         manifest: pa.Table = read_manifest(self.path)
         self.manifest = manifest
-        self.chipids = _strings(manifest, "chipid")
-        self.collections = _strings(manifest, "collection")
-        self.paths = _strings(manifest, "path")
+        self.chipids = string_column(manifest, "chipid")
+        self.collections = string_column(manifest, "collection")
+        self.paths = string_column(manifest, "path")
         self.shard = manifest.column("shard").to_numpy()
         self.position = manifest.column("position").to_numpy()
         self.index = manifest.column("index").to_numpy()
