@@ -228,3 +228,12 @@ def test_ranged_runs_index_exactly_their_items_and_a_failed_item_spares_the_rest
             assert outcome.success == (broken not in planned[request.run_key])
         indexed = list((tmp_path / "base" / "index" / NAIP).glob("*/index_*.parquet"))
         assert len(indexed) == 24
+
+
+def test_combined_index_declares_a_freshness_policy(monkeypatch):
+    """FreshnessPolicy.time_window on combined_index (shown in the UI): STACCHIP_COMBINED_FRESHNESS_HOURS."""
+    monkeypatch.setenv("STACCHIP_COMBINED_FRESHNESS_HOURS", "6")
+    defs = build_definitions(collections=[])
+    spec = defs.resolve_assets_def("combined_index").specs_by_key[dg.AssetKey("combined_index")]
+    assert spec.freshness_policy == dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=6),
+                                                                   warn_window=dt.timedelta(hours=3))
