@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -237,3 +238,33 @@ def test_combined_index_declares_a_freshness_policy(monkeypatch):
     spec = defs.resolve_assets_def("combined_index").specs_by_key[dg.AssetKey("combined_index")]
     assert spec.freshness_policy == dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=6),
                                                                    warn_window=dt.timedelta(hours=3))
+
+
+@pytest.mark.parametrize("value", ["x", "0", "-2", "inf"])
+def test_a_bad_freshness_setting_is_named(monkeypatch, value):
+    from stacchip_assets.errors import StacchipError
+
+    monkeypatch.setenv("STACCHIP_COMBINED_FRESHNESS_HOURS", value)
+    with pytest.raises(StacchipError, match=f"STACCHIP_COMBINED_FRESHNESS_HOURS must be a positive number of hours, got '{value}'"):
+        build_definitions(collections=[])
+
+
+def test_the_file_index_rereads_racy_and_rewritten_files(tmp_path):
+    """A file written within RACY_SECONDS is not trusted by its identity; a rewrite of the same size
+    with the mtime set back (an editor keeping times) still changes ctime: read again."""
+    from stacchip_assets.io.catalog_index import FileOutcome, ItemFileIndex
+
+    path = tmp_path / "item.json"
+    path.write_text('{"updated": "A"}')
+    index = ItemFileIndex()
+    outcome, identity = index.get(str(path), "updated")
+    assert outcome is None and identity is None  # racy: just written
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    _, identity = index.get(str(path), "updated")
+    index.put(str(path), "updated", identity, FileOutcome(item_id="i", updated="A"))
+    assert index.get(str(path), "updated")[0] == FileOutcome(item_id="i", updated="A")
+    time.sleep(0.01)
+    path.write_text('{"updated": "B"}')  # same size
+    os.utime(path, (old, old))
+    assert index.get(str(path), "updated")[0] is None
