@@ -23,6 +23,7 @@ within 2x at 2,000 items); run on an idle machine for figures you publish.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -101,7 +102,7 @@ def bare_loop(source_kwargs: dict, root: Path, base: Path) -> dict:
     policy = HrefPolicy(local_roots=(str(root),))
     started = time.perf_counter()
     source = open_source(**source_kwargs)
-    items = source.search(NAIP, config.search)
+    items = source.search(NAIP, dataclasses.replace(config.search, max_items=None))  # all, as the sensor
     storage = Storage.from_uri(str(base))
     chips = sum(index_item(item, storage, settings, collection=NAIP, href_policy=policy).chips_kept for item in items)
     CombinedIndex(storage).update([(NAIP, item.id) for item in items])

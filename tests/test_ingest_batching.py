@@ -62,7 +62,8 @@ def naip_catalog(sample: Path, dest: Path, count: int, broken: set[int] = frozen
         item_id = f"naip-copy-{number:05d}"
         item = dict(template, id=item_id, links=[], properties=dict(template["properties"], updated=updated_of(position)))
         if number in broken:
-            item["assets"] = {k: dict(v, href=str(dest / "missing.tif")) for k, v in template["assets"].items()}
+            missing = str(sample.parent / NAIP / "missing.tif")  # allowed folder, no file: an AssetReadError
+            item["assets"] = {k: dict(v, href=missing) for k, v in template["assets"].items()}
         (folder / item_id).mkdir()
         (folder / item_id / f"{item_id}.json").write_text(json.dumps(item))
         collection["links"].append({"rel": "item", "href": f"./{item_id}/{item_id}.json", "type": "application/json"})

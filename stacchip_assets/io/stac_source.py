@@ -295,7 +295,7 @@ class StacApiSource(StacSource):
     def _search(self, collection: str, params: SearchParams, report: SourceReport, *,
                 extra_filter: Mapping[str, Any] | None = None, sortby: Any = None, ids: Sequence[str] | None = None,
                 now: dt.datetime | None = None, deadline: float | None = None, on_loop: str = "raise",
-                ) -> Iterator[tuple[pystac.Item, str]]:
+                consume: bool = False) -> Iterator[tuple[pystac.Item, str]]:
         """(item, ordering time) of each valid feature of the search's pages; a malformed feature is
         skipped into `report`. A paging loop raises StacSourceError (``on_loop="raise"``) or ends the
         walk with ``report.truncated`` set (``"stop"``); so does a passed `deadline` (always "stop")."""
@@ -320,7 +320,7 @@ class StacApiSource(StacSource):
                 features = (page.get("features") or []) if stop is None else []
                 for n, feature in enumerate(features if isinstance(features, list) else []):
                     checked = checked_item(feature, f"feature {n + 1} of page {guard.count}", report,
-                                           prop=params.updated_property, now=now, context=context)
+                                           prop=params.updated_property, now=now, context=context, consume=consume)
                     if checked is not None:
                         if checked[0].collection_id is None:
                             checked[0].collection_id = collection
@@ -411,7 +411,7 @@ class StacApiSource(StacSource):
         repeated: list[str] = []
         # Items sharing the cursor's timestamp come back again (>=): skip them, so fetch a little more.
         for item, updated in self._search(collection, params, report, extra_filter=extra, sortby=sortby, now=now,
-                                          deadline=deadline, on_loop="stop"):
+                                          deadline=deadline, on_loop="stop", consume=True):
             polled = PolledItem(collection, item.id, updated)
             if after is not None and polled.position <= tuple(after):
                 continue
