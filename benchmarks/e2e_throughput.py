@@ -89,11 +89,11 @@ def write_static(sample: Path, items: list[dict], dest: Path) -> Path:
 
 def bare_loop(source_kwargs: dict, root: Path, base: Path) -> dict:
     """Index every item with the library and combine: the work without the orchestration."""
-    from stacchip_assets.io.local_files import HrefPolicy
     from stacchip_assets.dagster_defs import ChipSettingsResource
     from stacchip_assets.dagster_defs.presets import load_collections
     from stacchip_assets.index.combined import CombinedIndex
     from stacchip_assets.index.item_index import index_item
+    from stacchip_assets.io.local_files import HrefPolicy
     from stacchip_assets.io.stac_source import open_source
     from stacchip_assets.io.storage import Storage
 

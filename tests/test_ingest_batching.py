@@ -47,7 +47,7 @@ def updated_of(position: int) -> str:
 def naip_catalog(sample: Path, dest: Path, count: int, broken: set[int] = frozenset()) -> Path:
     """A static catalog with only a naip collection of `count` copies of the sample NAIP item (ids
     not in `updated` order; asset hrefs absolute to the sample's COGs), written without pystac. Copies
-    in `broken` point their image at a missing file."""
+    in `broken` point their image outside the allowed folders (a per-item HrefPolicyError)."""
     src = sample.parent / NAIP
     template = json.loads((src / NAIP_ITEM / f"{NAIP_ITEM}.json").read_text())
     for asset in template["assets"].values():
@@ -62,8 +62,8 @@ def naip_catalog(sample: Path, dest: Path, count: int, broken: set[int] = frozen
         item_id = f"naip-copy-{number:05d}"
         item = dict(template, id=item_id, links=[], properties=dict(template["properties"], updated=updated_of(position)))
         if number in broken:
-            missing = str(sample.parent / NAIP / "missing.tif")  # allowed folder, no file: an AssetReadError
-            item["assets"] = {k: dict(v, href=missing) for k, v in template["assets"].items()}
+            outside = str(dest / "outside.tif")  # not in the allowed folders: HrefPolicyError for this item
+            item["assets"] = {k: dict(v, href=outside) for k, v in template["assets"].items()}
         (folder / item_id).mkdir()
         (folder / item_id / f"{item_id}.json").write_text(json.dumps(item))
         collection["links"].append({"rel": "item", "href": f"./{item_id}/{item_id}.json", "type": "application/json"})
