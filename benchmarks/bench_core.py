@@ -573,8 +573,8 @@ def worker_chips(args) -> dict:
                 keep.update({f"{i}_{k}": v for k, v in chip.items()})
         res["seconds"] = time.perf_counter() - t0
     elif mode in ("ours_chips", "ours_chips_batch"):
-        from stacchip_assets.index.chipper import Chipper
         from stacchip_assets.index.chip_indexer import Sentinel2Indexer
+        from stacchip_assets.index.chipper import Chipper
 
         item = _load_item(args.item, migrate=True)
         indexer = Sentinel2Indexer(item, chip_size=CHIP_SIZE, chip_max_nodata=0.5)

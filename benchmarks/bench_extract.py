@@ -91,8 +91,8 @@ def worker_upstream(args) -> dict:
 def worker_ours(args) -> dict:
     import numpy as np
 
-    from stacchip_assets.index.chipper import Chipper
     from stacchip_assets.index.chip_indexer import Sentinel2Indexer
+    from stacchip_assets.index.chipper import Chipper
     from stacchip_assets.training.extract import batch_rows, iter_item_chips
 
     if args.mode.endswith("_1cpu"):

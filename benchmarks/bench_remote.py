@@ -267,10 +267,11 @@ def worker(argv: list[str]) -> None:
                 _digest(h, px)
         elif a.case == "extract":
             import numpy as np
+
             from stacchip_assets.training.extract import iter_item_chips
 
             n = 0
-            for positions, pixels in iter_item_chips(chipper, np.asarray(xs), np.asarray(ys)):
+            for positions, _pixels in iter_item_chips(chipper, np.asarray(xs), np.asarray(ys)):
                 n += len(positions)
             assert n == len(xs)
         res["seconds"] = time.perf_counter() - t0
@@ -296,7 +297,7 @@ def _spawn(python, case, item, tmp, env, upstream=False, positions=None) -> dict
 
 def _remote_item(item: Path, base: str, dest: Path) -> Path:
     d = json.loads(item.read_text())
-    for key, asset in d["assets"].items():
+    for _key, asset in d["assets"].items():
         asset["href"] = f"{base}/{Path(asset['href']).name}"
     dest.write_text(json.dumps(d))
     return dest

@@ -113,7 +113,7 @@ def bare_loop(source_kwargs: dict, root: Path, base: Path) -> dict:
 
 @contextmanager
 def process(command: list[str], env: dict, log_path: Path, cwd: Path):
-    from tests.servers import stop_process_group
+    from tests.support.servers import stop_process_group
 
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -183,7 +183,7 @@ def bench_source(kind: str, sample: Path, items: list[dict], work: Path, stack: 
         catalog = write_static(sample, items, run_dir / "catalog")
         source_kwargs, source_env = {"catalog_path": str(catalog)}, {"BENCH_CATALOG": str(catalog)}
     else:
-        from tests.servers import collection_json, load_items, pgstac_api
+        from tests.support.servers import collection_json, load_items, pgstac_api
 
         api = stack.enter_context(pgstac_api())
         api.delete_collection(NAIP)

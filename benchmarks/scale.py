@@ -108,7 +108,7 @@ def ui_query(name: str) -> str:
 
 @contextmanager
 def process(command: list[str], env: dict, log_path: Path, cwd: Path):
-    from tests.servers import stop_process_group
+    from tests.support.servers import stop_process_group
 
     out = open(log_path, "wb")
     proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -181,8 +181,16 @@ def run(args) -> dict:
 
     from stacchip_assets.dagster_defs import ITEM_PARTITIONS_NAME, item_partition_key
     from stacchip_assets.dagster_defs.sensors import dump_cursor
-    from tests.servers import (free_port, load_items, pgstac_api, postgres_cluster, synthetic_collection,
-                               synthetic_item, wait_for_http)
+
+    from tests.support.servers import (
+        free_port,
+        load_items,
+        pgstac_api,
+        postgres_cluster,
+        synthetic_collection,
+        synthetic_item,
+        wait_for_http,
+    )
 
     results: dict = {"partitions": args.partitions, "items": args.items, "cap": args.cap,
                      "materialized": args.materialized, "sensor_interval_seconds": args.interval,

@@ -56,8 +56,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from stacchip_assets import compaction  # noqa: E402
 from stacchip_assets.index.combined import CombinedIndex, combined_key  # noqa: E402
-from stacchip_assets.io.geoparquet import INDEX_SCHEMA, BBOX_TYPE, with_geo_metadata, write_index  # noqa: E402
 from stacchip_assets.index.query import plan_query, query_chips  # noqa: E402
+from stacchip_assets.io.geoparquet import BBOX_TYPE, INDEX_SCHEMA, with_geo_metadata, write_index  # noqa: E402
 from stacchip_assets.io.storage import Storage  # noqa: E402
 
 COLLECTIONS = [("sentinel-2-l2a", 0.75, "S2X"), ("landsat-c2-l2", 0.25, "LC0X")]

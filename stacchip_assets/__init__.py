@@ -3,7 +3,6 @@
 Drop-in for `stacchip`: `from stacchip_assets import Indexer, Chipper`.
 """
 
-from stacchip_assets.index.chipper import Chipper
 from stacchip_assets.errors import (
     AssetGridError,
     AssetReadError,
@@ -15,7 +14,6 @@ from stacchip_assets.errors import (
     StorageError,
     UnsupportedCRSError,
 )
-from stacchip_assets.io.geoparquet import read_index, write_index
 from stacchip_assets.index.chip_indexer import (
     ChipIndexer,
     Indexer,
@@ -26,6 +24,8 @@ from stacchip_assets.index.chip_indexer import (
     NoStatsChipIndexer,
     Sentinel2Indexer,
 )
+from stacchip_assets.index.chipper import Chipper
+from stacchip_assets.io.geoparquet import read_index, write_index
 
 __version__ = "0.1.0"
 

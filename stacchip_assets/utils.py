@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pystac
 
+from stacchip_assets.core.ids import validate_id
 from stacchip_assets.errors import StorageError
 from stacchip_assets.index.chip_indexer import ChipIndexer, Indexer
-from stacchip_assets.core.ids import validate_id
 
 
 def load_indexer_local(mountpath: str | Path, platform: str, item_id: str, **indexer_options) -> ChipIndexer:

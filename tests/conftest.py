@@ -1,7 +1,7 @@
 """Shared test configuration, and session fixtures for the real servers the end-to-end tests use.
 
 Every server runs on 127.0.0.1 on a free port, in its own process group, started here and torn
-down at the end of the session (see tests/servers.py, tests/http_server.py). A test that needs a
+down at the end of the session (see tests/support/servers.py, tests/support/http_server.py). A test that needs a
 server the machine cannot run is skipped with the reason; `.ci/run` installs all of them, and
 under CI (env `CI` set) a missing server fails the test instead, so CI skips nothing.
 """
@@ -24,10 +24,23 @@ PROJECT = Path(__file__).resolve().parents[1]
 #: The collection the `dagster dev` code location is configured with (empty until a test posts items).
 DAGSTER_DEV_COLLECTION = "dev-sentinel-2-l2a"
 
+#: Session fixtures that start a real server: a test using one (directly or through another fixture) is e2e.
+SERVER_FIXTURES = frozenset({"stac_api", "s3_server", "cog_server", "dagster_dev_server"})
+E2E_FOLDER = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark `e2e` every test under tests/e2e/ and every test that uses a server fixture, so that
+    `pytest -m "not e2e"` (the fast inner loop) starts no server, browser or daemon. Tests that start
+    one themselves (serve_directory, dagster_dev, a daemon, PostgreSQL, moto) carry the mark in their file."""
+    for item in items:
+        if E2E_FOLDER in item.path.parents or SERVER_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.e2e)
+
 
 def require_servers(*kinds: str) -> None:
-    """Skip (fail under CI) when these servers cannot run here: see tests/servers.py."""
-    from .servers import require_servers as require
+    """Skip (fail under CI) when these servers cannot run here: see tests/support/servers.py."""
+    from .support.servers import require_servers as require
 
     require(*kinds)
 
@@ -35,7 +48,7 @@ def require_servers(*kinds: str) -> None:
 @pytest.fixture(scope="session")
 def sample_catalog(tmp_path_factory) -> Path:
     """catalog.json of the embedded sample catalog (generated once per session)."""
-    from .dagster_support import shared_sample
+    from .support.dagster_support import shared_sample
 
     return shared_sample(tmp_path_factory)
 
@@ -43,7 +56,7 @@ def sample_catalog(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def cog_server(sample_catalog) -> str:
     """Base URL of a Range-capable HTTP server over the sample catalog's folder (COGs over HTTP)."""
-    from .http_server import serve_directory
+    from .support.http_server import serve_directory
 
     with serve_directory(str(sample_catalog.parent)) as url:
         yield url
@@ -53,7 +66,7 @@ def cog_server(sample_catalog) -> str:
 def stac_api():
     """stac-fastapi-pgstac (transactions on) on a throwaway PostgreSQL + PostGIS cluster."""
     require_servers("pgstac")
-    from .servers import pgstac_api
+    from .support.servers import pgstac_api
 
     with pgstac_api() as server:
         yield server
@@ -63,7 +76,7 @@ def stac_api():
 def s3_server(tmp_path_factory):
     """SeaweedFS `weed mini`, an S3 endpoint that checks SigV4 signatures."""
     require_servers("s3")
-    from .servers import seaweedfs
+    from .support.servers import seaweedfs
 
     folder = Path(tempfile.mkdtemp(prefix="stacchip-weed-"))
     try:
@@ -78,8 +91,7 @@ def dagster_dev_server(tmp_path_factory, stac_api, cog_server, sample_catalog):
     """`dagster dev` on the project's workspace.yaml, its code location pointed at the STAC API (one
     empty collection, DAGSTER_DEV_COLLECTION) with the item sensor polling every 2 s."""
     require_servers("dagster")
-    from .servers import dagster_dev
-    from .servers import collection_json
+    from .support.servers import collection_json, dagster_dev
 
     stac_api.create_collection(collection_json(sample_catalog, "sentinel-2-l2a", DAGSTER_DEV_COLLECTION))
     home = tmp_path_factory.mktemp("dagster-dev-home")

@@ -68,7 +68,10 @@ def url_problem(href: str, schemes: tuple[str, ...], allowed_hosts: tuple[str, .
     """Why the URL `href` may not be opened under a policy allowing `schemes` and (if any) only
     `allowed_hosts` for http(s), or None. The string policy of
     :class:`stacchip_assets.io.local_files.HrefPolicy`, which also decides on local paths."""
-    scheme = _SCHEME.match(href).group(1).lower()  # type: ignore[union-attr]  (is_url was checked)
+    match = _SCHEME.match(href)
+    if match is None:
+        return "not a URL"
+    scheme = match.group(1).lower()
     if scheme not in schemes:
         return f"scheme {scheme!r} is not allowed (allowed: {', '.join(schemes)})"
     parsed = urlparse(href)

@@ -16,8 +16,8 @@ Variables (positive integers): ``STACCHIP_MAX_CHIPS_PER_ITEM``,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Mapping
 
 from stacchip_assets.errors import ResourceLimitError, StacchipError
 

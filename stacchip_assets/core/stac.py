@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 import pyproj
 import pystac
 from affine import Affine
 
-from stacchip_assets.errors import AssetGridError, InvalidItemError, NoProjectionInfoError, StacchipError, UnsupportedCRSError
+from stacchip_assets.errors import (
+    AssetGridError,
+    InvalidItemError,
+    NoProjectionInfoError,
+    StacchipError,
+    UnsupportedCRSError,
+)
 
 #: Asset roles that never hold the scene's pixels at full resolution.
 NON_DATA_ROLES = frozenset({"thumbnail", "overview", "metadata", "tiles", "preview"})

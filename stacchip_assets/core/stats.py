@@ -9,14 +9,15 @@ when its centre falls inside the chip, so a 20 m SCL under a 10 m grid gives exa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 from affine import Affine
 
-from stacchip_assets.errors import ResourceLimitError
 from stacchip_assets.core.grid import ChipGrid
+from stacchip_assets.errors import ResourceLimitError
 
 #: Sentinel-2 L2A scene classes counted as cloud: saturated/defective, cloud shadow, cloud medium
 #: and high probability, thin cirrus.

@@ -7,7 +7,7 @@ public way to (1) give such a materialization the provenance tags an output's ma
 stale), nor (2) point a check result at the materialization it checks (the target a check gets when
 it runs in the same step as the output). Both are built here with Dagster's own helpers.
 
-Upgrading Dagster: `tests/test_dagster_internals.py` imports every name below and checks the
+Upgrading Dagster: `tests/dagster/test_dagster_internals.py` imports every name below and checks the
 signatures and fields this module relies on; it fails loudly, naming the changed helper, when an
 upgrade moves or reshapes one (README: "Private Dagster APIs"). Everything else uses public API.
 """

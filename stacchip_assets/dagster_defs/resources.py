@@ -31,7 +31,6 @@ from typing import Iterator, Optional
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
-from stacchip_assets.errors import StacchipError
 from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.index.item_index import ChipSettings
 from stacchip_assets.io.raster import AssetAccess, gdal_env

@@ -21,8 +21,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any, cast
 
 from stacchip_assets.io.atomic import atomic_write_bytes
 
@@ -59,6 +60,14 @@ def prepare_home(home: str | os.PathLike | None) -> Path:
     return path
 
 
+def _metadata_value(event: Any, name: str, default: object) -> object:
+    """The value of metadata entry `name` of a materialization event (an EventLogEntry or None)."""
+    materialization = event.asset_materialization if event is not None else None
+    if materialization is None or name not in materialization.metadata:
+        return default
+    return materialization.metadata[name].value
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stacchip_assets.demo.main", description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", help="Dagster home (default: $DAGSTER_HOME or ./.dagster_home)")
@@ -79,14 +88,20 @@ def run(argv: Sequence[str] | None = None) -> int:
     # imported after DAGSTER_HOME and the environment are set: resources bind to them
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-    from stacchip_assets.dagster_defs import COMBINED_INDEX_KEY, ITEM_PARTITIONS_NAME, build_definitions, load_collections
+    from stacchip_assets.dagster_defs import (
+        COMBINED_INDEX_KEY,
+        ITEM_PARTITIONS_NAME,
+        build_definitions,
+        load_collections,
+    )
     from stacchip_assets.dagster_defs.sensors import poll_new_items
 
     collections = load_collections()
     defs = build_definitions(collections)
     # resources bound to environment variables, resolved as a run would resolve them
-    stac_source = defs.resources["stac_source"].process_config_and_initialize()
-    storage = defs.resources["storage"].process_config_and_initialize().storage()
+    resources = defs.resources or {}  # build_definitions always binds both
+    stac_source = resources["stac_source"].process_config_and_initialize()
+    storage = resources["storage"].process_config_and_initialize().storage()
     print(f"stacchip-assets: {len(collections)} collections from {stac_source.describe()}; Dagster home {home}")
 
     failures: list[str] = []
@@ -101,8 +116,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             if not result.success:
                 failures.append(f"stac_items[{config.collection}]")
                 continue
-            mat = instance.get_latest_materialization_event(defs.get_assets_def("stac_items").key)
-            selected += int(mat.asset_materialization.metadata["count"].value) if mat else 0
+            event = instance.get_latest_materialization_event(defs.get_assets_def("stac_items").key)
+            selected += int(cast(int, _metadata_value(event, "count", 0)))
 
         # 2. per-item chip indexes, as the sensor would request them
         runs, new_partitions, _cursor, _counts = poll_new_items(collections, stac_source, {}, instance)
@@ -111,9 +126,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         chip_index_job = defs.resolve_job_def("chip_index_job")
         indexed = skipped = 0
         for request in runs:
+            run_key = request.run_key
+            assert run_key is not None, "poll_new_items gives every request a run key"
             done = instance.get_runs(
                 filters=RunsFilter(
-                    tags={"dagster/sensor_name": SENSOR_NAME, "dagster/run_key": request.run_key},
+                    tags={"dagster/sensor_name": SENSOR_NAME, "dagster/run_key": run_key},
                     statuses=[DagsterRunStatus.SUCCESS],
                 ),
                 limit=1,
@@ -121,7 +138,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             if done:
                 skipped += 1
                 continue
-            tags = {**request.tags, "dagster/sensor_name": SENSOR_NAME, "dagster/run_key": request.run_key}
+            tags = {**request.tags, "dagster/sensor_name": SENSOR_NAME, "dagster/run_key": run_key}
             result = chip_index_job.execute_in_process(
                 partition_key=request.partition_key, instance=instance, tags=tags, run_config=QUIET_RUN_CONFIG,
                 raise_on_error=False,
@@ -139,7 +156,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             failures.append("combined_index")
         failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
         event = instance.get_latest_materialization_event(COMBINED_INDEX_KEY)
-        state = dict(event.asset_materialization.metadata["state"].value) if event else {}
+        state = dict(cast(dict, _metadata_value(event, "state", {})))
 
     from stacchip_assets.index.combined import CombinedIndex
 
@@ -167,7 +184,9 @@ def source_location(stac_source) -> tuple[str, str]:
         return "STAC API", stac_source.api_url
     if stac_source.catalog_path:
         return "static catalog", stac_source.catalog_path
-    from stacchip_assets.demo.sample_data import ensure_sample_catalog  # $STACCHIP_SAMPLE_DIR or $DAGSTER_HOME/stacchip_sample
+    from stacchip_assets.demo.sample_data import (
+        ensure_sample_catalog,  # $STACCHIP_SAMPLE_DIR or $DAGSTER_HOME/stacchip_sample
+    )
 
     return "sample catalog", str(ensure_sample_catalog())
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pathlib
 import shutil
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from typing import Any
 
 import pystac
 
@@ -49,10 +51,14 @@ _COLLECTION_INFO: dict[str, tuple[str, list[str]]] = {
 }
 
 
+def _build_s2_late(spec: Any, item_dir: pathlib.Path) -> pystac.Item:
+    return sensors_s2._build_s2(spec, item_dir)  # looked up when called: a test replaces it to crash
+
+
 def _item_builders() -> Iterator[tuple[str, str, Callable[[pathlib.Path], pystac.Item]]]:
     """(collection id, item id, builder(item_dir) -> Item) for every sample item."""
     for spec in sensors_s2._S2_SPECS:  # _build_s2 is looked up when called: a test replaces it to crash
-        yield "sentinel-2-l2a", spec.item_id, lambda d, s=spec: sensors_s2._build_s2(s, d)
+        yield "sentinel-2-l2a", spec.item_id, functools.partial(_build_s2_late, spec)
     builders = {
         "landsat-c2-l2": _build_landsat,
         "naip": _build_naip,
@@ -61,7 +67,7 @@ def _item_builders() -> Iterator[tuple[str, str, Callable[[pathlib.Path], pystac
     }
     for collection_id, build in builders.items():
         for item_id in SAMPLE_COLLECTIONS[collection_id]:
-            yield collection_id, item_id, lambda d, b=build, i=item_id: b(i, d)
+            yield collection_id, item_id, functools.partial(build, item_id)
 
 
 def _collection(collection_id: str, items: list[pystac.Item]) -> pystac.Collection:

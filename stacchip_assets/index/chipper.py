@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from rasterio.io import DatasetReader
@@ -23,13 +23,13 @@ from rasterio.windows import Window
 
 from stacchip_assets.core.hrefs import strip_credentials
 from stacchip_assets.core.limits import ReadLimits
-from stacchip_assets.io.settings import read_limits
 from stacchip_assets.core.stac import asset_href, check_asset_matches_metadata, raster_asset_keys
 from stacchip_assets.errors import AssetGridError, StacchipError
 from stacchip_assets.index.chip_indexer import ChipIndexer
 from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.io.raster import read_window
 from stacchip_assets.io.remote_raster import open_asset  # http(s)/s3 COGs: range reader; else GDAL
+from stacchip_assets.io.settings import read_limits
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class Chipper:
             reader.close()
         self._readers.clear()
 
-    def __enter__(self) -> "Chipper":
+    def __enter__(self) -> Chipper:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -122,7 +122,7 @@ def compact_pending(store: Storage, mode: str) -> tuple[dict[str, Any], dict[str
     elif not enabled and mode == "auto":
         report["reason"] = ("the compacted tier is not enabled for this base (run once with "
                             "`compaction: enable`, or `stacchip_assets.index.compaction.compact(base)`)")
-    elif enabled and manifest.pending_count() == 0:
+    elif manifest is not None and manifest.pending_count() == 0:
         report["reason"] = "no pending items"
     else:
         result = compaction.compact(store)

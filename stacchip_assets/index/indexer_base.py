@@ -25,7 +25,6 @@ from shapely.geometry.base import BaseGeometry
 
 from stacchip_assets.core.grid import ChipGrid
 from stacchip_assets.core.limits import ReadLimits
-from stacchip_assets.io.settings import read_limits
 from stacchip_assets.core.stac import (
     asset_href,
     chip_grid_source,
@@ -39,6 +38,7 @@ from stacchip_assets.errors import (
 )
 from stacchip_assets.io.geoparquet import build_index_table, empty_index_table
 from stacchip_assets.io.local_files import HrefPolicy
+from stacchip_assets.io.settings import read_limits
 
 log = logging.getLogger("stacchip_assets.index.chip_indexer")  # the public module's name, as before the split
 

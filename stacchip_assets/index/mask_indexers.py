@@ -41,8 +41,8 @@ log = logging.getLogger("stacchip_assets.index.chip_indexer")  # the public modu
 class _MaskStatsIndexer(ChipIndexer):
     """Shared machinery: a mask raster plus a classifier into cloud/nodata, summed per chip."""
 
-    def _mask(self) -> tuple[Affine, np.ndarray]:
-        """(mask transform, raw mask array at the mask's own resolution)."""
+    def _mask(self) -> tuple[Affine, np.ndarray | stats.MaskRows]:
+        """(mask transform, raw mask at the mask's own resolution: an array, or rows read on demand)."""
         raise NotImplementedError
 
     def classify(self, mask: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
@@ -50,7 +50,7 @@ class _MaskStatsIndexer(ChipIndexer):
         raise NotImplementedError
 
     @cached_property
-    def _mask_cache(self) -> tuple[Affine, np.ndarray]:
+    def _mask_cache(self) -> tuple[Affine, np.ndarray | stats.MaskRows]:
         return self._mask()
 
     def _mask_asset_key(self) -> str | None:

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -318,6 +319,7 @@ def query_chips_gdf(
     ``exact=True`` keeps only the chips whose footprint intersects ``bbox`` (not just its bbox).
     """
     import geopandas
+    import numpy as np
     import shapely
 
     if columns is not None and "geometry" not in columns:
@@ -328,12 +330,10 @@ def query_chips_gdf(
     frame.insert(table.column_names.index("geometry"), "geometry", geopandas.GeoSeries(geometry, index=frame.index, crs="OGC:CRS84"))
     gdf = geopandas.GeoDataFrame(frame, geometry="geometry", crs="OGC:CRS84")
     if exact and bbox is not None and len(gdf):
-        boxes = query_boxes(bbox) or []
-        mask = None
-        for b in boxes:
-            hit = gdf.geometry.intersects(shapely.box(*b))
-            mask = hit if mask is None else (mask | hit)
-        gdf = gdf[mask.to_numpy()]
+        mask = np.zeros(len(gdf), dtype=bool)
+        for b in query_boxes(bbox) or []:  # not empty: bbox is not None
+            mask |= gdf.geometry.intersects(shapely.box(*b)).to_numpy()
+        gdf = gdf[mask]
     return gdf
 
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import lru_cache
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,12 +35,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pystac
 
-from stacchip_assets.io.settings import read_limits
 from stacchip_assets.errors import StacchipError, StorageError
 from stacchip_assets.index.chip_indexer import ChipIndexer, NoStatsChipIndexer
 from stacchip_assets.index.chipper import Chipper
 from stacchip_assets.index.combined import CombinedIndex
 from stacchip_assets.io.local_files import HrefPolicy, default_read_policy
+from stacchip_assets.io.settings import read_limits
 from stacchip_assets.io.storage import Storage
 
 ROW_FIELDS = ("item_href", "chip_index_x", "chip_index_y", "chip_size", "chip_stride")

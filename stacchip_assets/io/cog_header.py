@@ -10,8 +10,8 @@ tie point, or a model transformation). Anything this reader does not decode bit-
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from affine import Affine

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
+import re
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Mapping
 from urllib.parse import unquote, urlparse
-
-import logging
-import re
 
 import urllib3
 
 from stacchip_assets.io.raster import RedactCredentials
+
 
 class _RedactRequestLines(RedactCredentials):
     """urllib3 logs request lines (``"GET /path?sig=... HTTP/1.1"``, signed URLs) at DEBUG: drop
@@ -87,7 +87,7 @@ class RemoteReadConfig:
     tile_cache_bytes: int = 16 * 1024 * 1024
     gdal_options: Mapping[str, str] = field(default_factory=dict, repr=False)
 
-    def with_gdal_environment(self) -> "RemoteReadConfig":
+    def with_gdal_environment(self) -> RemoteReadConfig:
         """This config with the S3/HTTP options of the current GDAL environment (read in this thread:
         rasterio environments are thread-local) and of the process environment."""
         import rasterio.env
@@ -105,7 +105,7 @@ class RemoteReadConfig:
 
 
 _config: contextvars.ContextVar[RemoteReadConfig] = contextvars.ContextVar("stacchip_remote_config",
-                                                                           default=RemoteReadConfig())
+                                                                           default=RemoteReadConfig())  # noqa: B039 (frozen)
 _explicit: contextvars.ContextVar[frozenset] = contextvars.ContextVar("stacchip_remote_explicit", default=frozenset())
 
 
@@ -176,7 +176,7 @@ class RangeSource:
         if self.scheme == "s3":
             self._bucket, self._key = parsed.netloc, unquote(parsed.path.lstrip("/"))
             self._client = _s3_client(config)
-            self._presigned_at = -PRESIGN_SECONDS
+            self._presigned_at: float = -PRESIGN_SECONDS
             self._presign()
 
     def _presign(self) -> None:

@@ -25,8 +25,8 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping
 from urllib.parse import urlparse
 
 import numpy as np
@@ -38,9 +38,9 @@ from rasterio.windows import Window
 
 from stacchip_assets.core.hrefs import gdal_syntax_problem, raster_driver_of, redact_credentials, strip_credentials
 from stacchip_assets.core.limits import ReadLimits
-from stacchip_assets.io.settings import read_limits
 from stacchip_assets.errors import AssetReadError, HrefPolicyError, StacchipError
 from stacchip_assets.io.local_files import HrefPolicy
+from stacchip_assets.io.settings import read_limits
 
 
 class RefusedRasterError(AssetReadError, HrefPolicyError):
@@ -308,6 +308,7 @@ def _open_url(href: str, *, item_id: str | None, asset_key: str | None) -> Datas
             last = exc
             if "not recognized as being in a supported file format" not in str(exc):
                 break  # a 404, a timeout, a truncated header: another driver would not help
+    assert last is not None  # ALLOWED_DRIVERS is not empty: every pass of the loop returned or set it
     raise AssetReadError(f"cannot open {strip_credentials(href)}: {describe_error(last, href, opened)}",
                          item_id=item_id, asset_key=asset_key) from last
 

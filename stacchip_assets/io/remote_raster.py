@@ -16,31 +16,42 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import wait, FIRST_EXCEPTION
-from typing import Sequence
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 
 import numpy as np
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from stacchip_assets.errors import AssetReadError
 from stacchip_assets.core.hrefs import gdal_syntax_problem, strip_credentials
 from stacchip_assets.core.limits import ReadLimits
-from stacchip_assets.io.settings import read_limits
-from stacchip_assets.io.local_files import HrefPolicy
-from stacchip_assets.io.raster import describe_error, open_asset as gdal_open_asset, sign_href
+from stacchip_assets.errors import AssetReadError
 from stacchip_assets.io.cog_header import CogHeader, UnsupportedTiff, parse_header
+from stacchip_assets.io.local_files import HrefPolicy
+from stacchip_assets.io.raster import describe_error, sign_href
+from stacchip_assets.io.raster import open_asset as gdal_open_asset
+from stacchip_assets.io.settings import read_limits
+
 try:
     import imagecodecs
-except ImportError:  # without the "remote" extra, remote COGs are read by GDAL
-    imagecodecs = None
 
-from stacchip_assets.io.range_reader import (ByteBudget, RangeError, RangeSource, RemoteReadConfig, current_config, fetch_pool,
-                           merge_ranges)
+    _HAVE_IMAGECODECS = True
+except ImportError:  # without the "remote" extra, remote COGs are read by GDAL
+    _HAVE_IMAGECODECS = False
+
+from stacchip_assets.io.range_reader import (
+    ByteBudget,
+    RangeError,
+    RangeSource,
+    RemoteReadConfig,
+    current_config,
+    fetch_pool,
+    merge_ranges,
+)
 
 #: Parsed headers by URL (unsigned), kept this many seconds.
 HEADER_TTL = 300.0
-_headers: "OrderedDict[tuple, tuple[float, CogHeader]]" = OrderedDict()
+_headers: OrderedDict[tuple, tuple[float, CogHeader]] = OrderedDict()
 _headers_lock = threading.Lock()
 
 
@@ -54,7 +65,7 @@ def open_asset(href: str, *, item_id: str | None = None, asset_key: str | None =
     GDAL dataset of :func:`stacchip_assets.io.raster.open_asset` (same errors: AssetReadError; same
     refusals: GDAL syntax in the href, tiles over ``limits.max_tile_pixels``)."""
     config = current_config()
-    if not config.enabled or imagecodecs is None or not is_remote(href) or gdal_syntax_problem(href):
+    if not config.enabled or not _HAVE_IMAGECODECS or not is_remote(href) or gdal_syntax_problem(href):
         return gdal_open_asset(href, item_id=item_id, asset_key=asset_key, policy=policy, limits=limits)
     try:
         raster = RemoteRaster(href, config.with_gdal_environment(), item_id=item_id, asset_key=asset_key)
@@ -92,7 +103,7 @@ class RemoteRaster:
         self.closed = False
         # Decoded tiles, most recently used last, at most config.tile_cache_bytes: consecutive calls
         # (iteration chip row by chip row, chip() one by one) share the tiles under neighbouring chips.
-        self._tiles: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self._tiles: OrderedDict[int, np.ndarray] = OrderedDict()
         self._tiles_bytes = 0
         self._tiles_lock = threading.Lock()
 
@@ -139,7 +150,7 @@ class RemoteRaster:
             self._tiles.clear()
             self._tiles_bytes = 0
 
-    def __enter__(self) -> "RemoteRaster":
+    def __enter__(self) -> RemoteRaster:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -198,6 +209,11 @@ class RemoteRaster:
         pool = fetch_pool(self.config.max_in_flight)
         futures = []
         failed = threading.Event()  # a failed request stops the submission of the others
+
+        def stop_on_error(f: Future) -> None:
+            if f.exception() is not None:
+                failed.set()
+
         try:
             for offset, length, members in groups:
                 self.budget.acquire(length)  # blocks while the budget is spent: the memory bound
@@ -206,11 +222,12 @@ class RemoteRaster:
                     break
                 futures.append(pool.submit(self._fetch_group, offset, length,
                                            [int(present[m]) for m in members], needs, boxes, outs))
-                futures[-1].add_done_callback(lambda f: f.exception() is not None and failed.set())
+                futures[-1].add_done_callback(stop_on_error)
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for f in done:
-                if f.exception() is not None:
-                    raise f.exception()
+                exc = f.exception()
+                if exc is not None:
+                    raise exc
         finally:
             wait(futures)
         return outs

@@ -28,9 +28,10 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -137,7 +138,7 @@ class Storage:
         secret_access_key: str | None = None,
         session_token: str | None = None,
         max_attempts: int = DEFAULT_S3_MAX_ATTEMPTS,
-    ) -> "Storage":
+    ) -> Storage:
         """A storage base; for ``s3://`` the endpoint, region and credentials are passed explicitly,
         and `max_attempts` bounds the attempts of one S3 request on transient errors."""
         text = str(base) if base is not None else default_base()

@@ -46,8 +46,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.io.atomic import atomic_path, atomic_write_bytes
+from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.training.config import TrainingSetConfig
 from stacchip_assets.training.distributed import run_tasks
 from stacchip_assets.training.extract import collection_layouts, iter_task_pixels
@@ -93,7 +93,7 @@ class ChannelAccumulator:
             flat = values.reshape(-1)
             if offset:  # order-preserving map of signed ints onto 0..size-1
                 unsigned = np.uint8 if size == 256 else np.uint16
-                flat = flat.view(unsigned) ^ unsigned(offset)
+                flat = np.bitwise_xor(flat.view(unsigned), unsigned(offset))
             counts = np.bincount(flat, minlength=size)
             if nodata is not None and float(nodata).is_integer() and 0 <= int(nodata) + offset < size:
                 bin_ = int(nodata) + offset
@@ -140,7 +140,7 @@ class ChannelAccumulator:
     def result(self) -> dict[str, Any]:
         """count, mean, std, min, max, masked, exact, p1..p99 (None when not available)."""
         out: dict[str, Any] = {"masked": int(self.masked), "exact": self.exact}
-        pct = {f"p{q}": None for q in PERCENTILES}
+        pct: dict[str, float | None] = {f"p{q}": None for q in PERCENTILES}
         if self.hist is not None:
             size, offset = _HIST_DTYPES[self.dtype]
             n = int(self.hist.sum())

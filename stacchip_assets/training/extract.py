@@ -15,13 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stacchip_assets.io.local_files import HrefPolicy, default_read_policy
 from stacchip_assets.errors import StacchipError
 from stacchip_assets.index.chip_indexer import NoStatsChipIndexer
 from stacchip_assets.index.chipper import Chipper
 from stacchip_assets.index.reader import (
     load_item,  # the stored item JSON (local, http(s) or s3://), shared with read_chip
 )
+from stacchip_assets.io.local_files import HrefPolicy, default_read_policy
 from stacchip_assets.training.config import TrainingSetConfig
 from stacchip_assets.training.layout import CollectionLayout, check_layout, layout_from_chipper
 from stacchip_assets.training.plan import ChipTask

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 __all__ = ["select_chips", "training_order"]
 
 
-def _bbox_mask(table: pa.Table, bbox: tuple[float, float, float, float]) -> pa.ChunkedArray | np.ndarray:
+def _bbox_mask(table: pa.Table, bbox: Sequence[float]) -> pa.ChunkedArray | np.ndarray:
     west, south, east, north = bbox
     b = table.column("bbox").combine_chunks()
     xmin, ymin = b.field("xmin").to_numpy(zero_copy_only=False), b.field("ymin").to_numpy(zero_copy_only=False)
@@ -81,13 +81,13 @@ def select_chips(index_table: Any, config: TrainingSetConfig) -> pa.Table:
     require_columns(table, REQUIRED_COLUMNS, "the index")
     table = _drop_repeats(_canonical(table.filter(pc.fill_null(_filter_mask(table, config), False))))
     if config.sample_size is not None and table.num_rows:
-        table = table.take(pa.array(_sample(table, config), pa.int64()))
+        table = table.take(pa.array(_sample(table, config, config.sample_size), pa.int64()))
     return training_order(table, config.seed)
 
 
 def _filter_mask(table: pa.Table, config: TrainingSetConfig) -> pa.ChunkedArray:
     """The rows that pass the config's filters (collections, cloud, nodata, chip size, dates, bbox)."""
-    mask = pc.is_in(table.column("collection"), value_set=pa.array(list(config.collections), pa.string()))
+    mask = pc.is_in(table.column("collection"), value_set=pa.array(list(config.collections or ()), pa.string()))
     if config.max_cloud is not None:
         mask = pc.and_(mask, pc.less_equal(table.column("cloud_cover_percentage"), float(config.max_cloud)))
     if config.max_nodata is not None:
@@ -127,16 +127,18 @@ def _draw(n: int, size: int, rng: np.random.Generator, replace: bool, what: str)
     return np.sort(rng.choice(n, size=size, replace=replace))
 
 
-def _sample(table: pa.Table, config: TrainingSetConfig) -> np.ndarray:
+def _sample(table: pa.Table, config: TrainingSetConfig, sample_size: int | Mapping[str, int]) -> np.ndarray:
+    """Sorted row positions drawn from ``table``: ``sample_size`` (the config's, not None) over all
+    rows, or per collection."""
     replace = bool(config.allow_duplicates)
-    if not isinstance(config.sample_size, Mapping):
+    if not isinstance(sample_size, Mapping):
         rng = np.random.default_rng(int(config.seed))
-        return _draw(table.num_rows, int(config.sample_size), rng, replace, "sample")
+        return _draw(table.num_rows, int(sample_size), rng, replace, "sample")
     coll = string_column(table, "collection")
     picked = []
     for collection in sorted(set(coll.tolist())):
         rows = np.flatnonzero(coll == collection)
-        size = config.sample_size.get(collection)
+        size = sample_size.get(collection)
         if size is None:
             picked.append(rows)
             continue

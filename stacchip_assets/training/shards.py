@@ -11,25 +11,27 @@ name and renamed, so readers never see a partial shard.
 from __future__ import annotations
 
 import os
-import uuid
 import zipfile
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.errors import StacchipError
 from stacchip_assets.io.atomic import atomic_path
+from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.training.band_stats import CollectionAccumulator
 from stacchip_assets.training.config import FORMAT_VERSION, NORM_KEYS, TrainingSetConfig
 from stacchip_assets.training.extract import iter_task_pixels
 from stacchip_assets.training.layout import CollectionLayout
 from stacchip_assets.training.plan import ChipTask
 
-__all__ = ["ShardSink", "create_zarr_group", "write_npz", "write_task"]
+if TYPE_CHECKING:  # zarr is imported where the "zarr" format is used
+    import zarr
+
+__all__ = ["ShardSink", "create_zarr_group", "write_npz", "write_task", "zarr_array"]
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -82,6 +84,16 @@ def create_zarr_group(path: Path, layout: CollectionLayout, n: int, config: Trai
         )
 
 
+def zarr_array(group: zarr.Group, key: str) -> zarr.Array:
+    """Array ``key`` of a collection's Zarr group (:func:`create_zarr_group` makes only arrays)."""
+    import zarr
+
+    member = group[key]
+    if not isinstance(member, zarr.Array):
+        raise StacchipError(f"{group.store_path}/{key} is a Zarr group, not an array: not a training set's group")
+    return member
+
+
 class ShardSink:
     """Fills shard buffers in place from native pixel batches and writes each shard when full.
 
@@ -100,7 +112,7 @@ class ShardSink:
         self.filled: dict[int, int] = {}
         self.written: list[dict[str, Any]] = []
         self.slices = layout.asset_channels()
-        self._zarr = None
+        self._zarr: zarr.Group | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
 
@@ -155,10 +167,12 @@ class ShardSink:
             size = write_npz(self.root / rel, {"pixels": buf, **norms}, int(self.config.compress_level))
             self.written.append({"collection": collection, "shard": shard, "path": rel, "samples": len(buf), "bytes": size})
         else:
+            group = self._zarr
+            assert group is not None  # _submit opens it before the first write
             start = shard * self.config.shard_size
-            self._zarr["pixels"][start : start + len(buf)] = buf  # whole shards: one file each, atomic
+            zarr_array(group, "pixels")[start : start + len(buf)] = buf  # whole shards: one file each, atomic
             for key, values in norms.items():
-                self._zarr[key][start : start + len(buf)] = values
+                zarr_array(group, key)[start : start + len(buf)] = values
             self.written.append({"collection": collection, "shard": shard, "path": f"{collection}.zarr",
                                  "samples": len(buf)})
 

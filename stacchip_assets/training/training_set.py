@@ -20,8 +20,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,9 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.core.ids import validate_id
 from stacchip_assets.errors import StacchipError
+from stacchip_assets.io.atomic import atomic_directory
+from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.training.band_stats import merge_results, write_band_statistics_json, write_band_statistics_parquet
 from stacchip_assets.training.config import FORMAT_VERSION, INFO_NAME, MANIFEST_NAME, NORM_KEYS, TrainingSetConfig
 from stacchip_assets.training.distributed import run_tasks
@@ -40,8 +39,7 @@ from stacchip_assets.training.extract import collection_layouts
 from stacchip_assets.training.layout import CollectionLayout
 from stacchip_assets.training.metadata import chip_norms
 from stacchip_assets.training.plan import make_tasks, plan_training_set
-from stacchip_assets.training.shards import create_zarr_group, write_task
-from stacchip_assets.io.atomic import atomic_directory
+from stacchip_assets.training.shards import create_zarr_group, write_task, zarr_array
 from stacchip_assets.training.tables import string_column
 
 log = logging.getLogger(__name__)
@@ -171,4 +169,4 @@ def load_shard(out_dir: str | os.PathLike[str], collection: str, shard: int) -> 
 
     group = zarr.open_group(str(out_dir / f"{collection}.zarr"), mode="r")
     start = int(shard) * size
-    return {k: group[k][start : start + size] for k in ("pixels", *NORM_KEYS)}
+    return {k: np.asarray(zarr_array(group, k)[start : start + size]) for k in ("pixels", *NORM_KEYS)}
