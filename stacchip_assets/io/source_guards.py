@@ -301,7 +301,7 @@ def walk_item_hrefs(start_href: str, report: SourceReport, *, deadline: float | 
 def unlinked_item_files(folder: str, reached: set[str], limit: int = 10_000) -> list[tuple[str, str]]:
     """(path, id) of STAC item JSON files under `folder` that no link reached (at most `limit` unreached
     files looked at; os.walk, as rglob costs seconds over 10,000 item folders)."""
-    found = []
+    found: list[tuple[str, str]] = []
     looked = 0
     for root, dirs, files in os.walk(os.path.abspath(folder)):
         dirs.sort()
