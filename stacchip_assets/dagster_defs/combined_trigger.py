@@ -53,6 +53,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetRecordsFilter,
     DagsterInstance,
+    DagsterRunStatus,
     DefaultSensorStatus,
     MetadataValue,
     RunRequest,
@@ -62,7 +63,6 @@ from dagster import (
     asset_check,
     sensor,
 )
-from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from stacchip_assets.io.settings import COMBINED_INTERVAL_ENV, Settings, load_settings
 from stacchip_assets.dagster_defs.assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY, STAC_ITEMS_KEY

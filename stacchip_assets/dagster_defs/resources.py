@@ -8,7 +8,7 @@ embedded sample catalog, a storage base under the Dagster home, the presets' chi
 STACCHIP_STAC_API_URL           STAC API to search (pystac-client)
 STACCHIP_STAC_CATALOG           static catalog (path or URL of catalog.json) instead
 STACCHIP_STAC_MAX_RETRIES       retries of a failed STAC API request (default 3, with backoff)
-STACCHIP_MAX_ITEMS_PER_TICK     items a sensor tick requests per collection (default 100)
+STACCHIP_MAX_ITEMS_PER_TICK     items a sensor tick requests per collection (default 10,000)
 STACCHIP_STORAGE_BASE           local folder or s3://bucket/prefix (default $DAGSTER_HOME/stacchip)
 STACCHIP_S3_ENDPOINT_URL        S3-compatible endpoint, e.g. http://127.0.0.1:9000
 STACCHIP_S3_REGION              region
@@ -59,7 +59,8 @@ class StacSourceResource(ConfigurableResource):
         default=10.0, description="longest single wait between retries (also caps a server's Retry-After)"
     )
     max_items_per_tick: int = Field(
-        default=100, description="items a sensor tick requests per collection (the daemon creates a run per item, ~0.1-0.3 s each: keep cap x that well inside the 60 s tick limit)",
+        default=10_000, description="items a sensor tick requests per collection (in runs of up to "
+        "STACCHIP_BACKFILL_PARTITIONS_PER_RUN items; 10,000 new items take one tick of a few seconds)",
     )
     allowed_href_schemes: list[str] = Field(
         default=["http", "https", "s3"], description="URL schemes an item's asset hrefs may use"

@@ -1,11 +1,13 @@
 """Sensors: new STAC items -> dynamic partitions + chip-index runs; the combined index follows.
 
 `stac_item_sensor` polls every configured collection for items whose `updated` time is after its
-cursor (one cursor per collection, JSON) and returns, in one `SensorResult`, the new partitions and
-one run per item. Run keys are ``{collection}/{item_id}@{updated}``: a restarted sensor never
-indexes the same item version twice, an updated item is re-indexed, and a failed run can be
-retried by hand (Dagster never relaunches a run key). A failing source raises: the tick fails and
-the cursor stays where it was.
+cursor (one cursor per collection, JSON) and returns, in one `SensorResult`, the new partitions (one
+request, in order) and runs over ranges of up to STACCHIP_BACKFILL_PARTITIONS_PER_RUN of them
+(:mod:`.batching`). Run keys name the item versions a run covers (``{collection}/{item_id}@{updated}``
+for one item, that of the first plus a hash of all for a range): a restarted sensor never indexes the
+same item version twice, an updated item is re-indexed, and a failed run can be retried by hand
+(Dagster never relaunches a run key). A failing source raises: the tick fails and the cursor stays
+where it was.
 
 Untrusted sources: a malformed item (bad id, datetime or `updated`; `updated` in the future) is
 skipped, never failing its neighbours or the collection's poll; the cursor only takes validated item
@@ -16,10 +18,10 @@ without runs, in the skip reason. The tick budget is passed into each collection
 or looping paging stops inside the collection (keeping what it read) rather than after it.
 
 At scale: a tick asks each collection for at most `max_items_per_tick` items
-(STACCHIP_MAX_ITEMS_PER_TICK, default 100) and the next tick carries on from the cursor, so a backlog
-of thousands of items is worked off over successive ticks, each well inside Dagster's 60 s limit.
-Which of a tick's items are new partitions is one bounded query to the instance for the tick's keys
-(not one per item, and not a listing of every partition), and only new keys are requested.
+(STACCHIP_MAX_ITEMS_PER_TICK, default 10,000) and the next tick carries on from the cursor. Static
+catalogs are polled incrementally (only changed item files are read, see
+`stacchip_assets.io.catalog_index`). Which of a tick's items are new partitions is one bounded query
+to the instance for the tick's keys (not one per item), and only new keys are requested.
 
 The combined index follows through `combined_index_trigger` (combined_trigger.py), a sensor over the
 event log, not an automation condition (issue 16).
@@ -33,7 +35,6 @@ import time
 from typing import Any
 
 from dagster import (
-    AddDynamicPartitionsRequest,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -41,15 +42,17 @@ from dagster import (
     sensor,
 )
 
+from stacchip_assets.dagster_defs.assets import ITEM_PARTITIONS_NAME, item_partition_key
+from stacchip_assets.dagster_defs.batching import partition_requests, plan_runs
+from stacchip_assets.dagster_defs.presets import CollectionConfig
+from stacchip_assets.dagster_defs.resources import StacSourceResource, StorageResource
 from stacchip_assets.errors import StacchipError
-from stacchip_assets.index.item_sets import admit_polled
 from stacchip_assets.io.settings import Settings, load_settings
+from stacchip_assets.io.source_base import PolledItem
 from stacchip_assets.io.source_guards import FUTURE_TOLERANCE, SourceReport, canonical
 from stacchip_assets.io.stac_search import SELECTION_ALL
 from stacchip_assets.io.storage import Storage
-from stacchip_assets.dagster_defs.assets import ITEM_PARTITIONS_NAME, item_partition_key
-from stacchip_assets.dagster_defs.presets import CollectionConfig
-from stacchip_assets.dagster_defs.resources import StacSourceResource, StorageResource
+from stacchip_assets.index.item_sets import admit_polled
 
 CURSOR_VERSION = 1
 #: Stop polling (further pages or collections) after this long (a tick times out after 60 s).
@@ -93,6 +96,7 @@ def poll_new_items(
     cursor: dict[str, tuple[str, str]],
     instance=None,
     reports: dict[str, list[str]] | None = None,
+    partitions_per_run: int = 1,
     storage: Storage | None = None,
 ) -> tuple[list[RunRequest], list[str], dict[str, tuple[str, str]], dict[str, Any]]:
     """(run requests, new partition keys, new cursor, per-collection counts) of one tick; what each
@@ -101,6 +105,7 @@ def poll_new_items(
     At most `stac_source.max_items_per_tick` items per collection, oldest `updated` first; the
     partition keys that `instance` already has are left out of the new ones (one query for all of
     the tick's keys). Without an instance every key counts as new (Dagster skips existing ones).
+    Runs cover up to `partitions_per_run` items each (see :mod:`.batching`).
     With `storage`, a collection whose item set is stored is polled without its selection rule and the
     polled items join the set incrementally (`index.item_sets.admit_polled`: a better item evicts the
     one it replaces in its tile-quarter; no search of the whole collection per tick); only the items
@@ -110,8 +115,7 @@ def poll_new_items(
     source = stac_source.source()
     deadline = time.monotonic() + TICK_BUDGET_SECONDS
     new_cursor = dict(cursor)
-    runs: list[RunRequest] = []
-    keys: list[str] = []
+    found: list[PolledItem] = []
     counts: dict[str, Any] = {}
     for config in collections:
         if time.monotonic() > deadline:
@@ -128,20 +132,22 @@ def poll_new_items(
         if report:
             reports[config.collection] = report.lines(CURSOR_REPORTED)
         selected = admitted[0] if admitted is not None else polled
-        for item in selected:
-            key = item_partition_key(item.collection, item.item_id)
-            keys.append(key)
-            runs.append(RunRequest(
-                partition_key=key,
-                run_key=f"{key}@{item.updated}",
-                tags={"stacchip/collection": item.collection, "stacchip/item_updated": item.updated},
-            ))
+        found += selected
         if polled:
             new_cursor[config.collection] = polled[-1].position
         counts[config.collection] = len(selected)
+    keys = [item_partition_key(item.collection, item.item_id) for item in found]
     existing = existing_partitions(instance, keys) if instance is not None and keys else set()
     new_partitions = list(dict.fromkeys(k for k in keys if k not in existing))
+    order = _partition_order(instance, existing) if len(existing) > 1 and partitions_per_run > 1 else {}
+    runs = plan_runs(found, existing, partitions_per_run, order)
     return runs, new_partitions, new_cursor, counts
+
+
+def _partition_order(instance, keys: set[str]) -> dict[str, int]:
+    """{key: place in the partitions' order} of existing `keys` (one listing of the partitions): updated
+    items are batched only where they lie next to each other in that order."""
+    return {k: n for n, k in enumerate(instance.get_dynamic_partitions(ITEM_PARTITIONS_NAME)) if k in keys}
 
 
 def existing_partitions(instance, keys: list[str]) -> set[str]:
@@ -167,13 +173,18 @@ def item_set_storage(storage: StorageResource | None) -> Storage | None:
 
 def build_sensors(collections: list[CollectionConfig], chip_index_job, settings: Settings | None = None,
                   storage: StorageResource | None = None):
+    """The item sensor; its runs cover up to STACCHIP_BACKFILL_PARTITIONS_PER_RUN items (`settings`)."""
+    settings = load_settings() if settings is None else settings
+    per_run = settings.backfill_partitions_per_run
+
     @sensor(
         name="stac_item_sensor",
         job=chip_index_job,
         minimum_interval_seconds=sensor_interval_seconds(settings),
         default_status=DefaultSensorStatus.RUNNING,
         description="Polls each configured collection for items updated after the cursor; adds their "
-        "chip_index partitions and requests one run per item version.",
+        "chip_index partitions in one request and requests runs of up to "
+        f"{per_run} items (STACCHIP_BACKFILL_PARTITIONS_PER_RUN), one run key per set of item versions.",
     )
     def stac_item_sensor(context: SensorEvaluationContext, stac_source: StacSourceResource) -> SensorResult:
         cursor = parse_cursor(context.cursor)
@@ -181,7 +192,7 @@ def build_sensors(collections: list[CollectionConfig], chip_index_job, settings:
         reports: dict[str, list[str]] = {}
         try:
             runs, partitions, new_cursor, counts = poll_new_items(collections, stac_source, cursor, context.instance,
-                                                                  reports, item_set_storage(storage))
+                                                                  reports, per_run, item_set_storage(storage))
         except StacchipError as exc:  # fail the tick; the cursor is not moved
             raise type(exc)(f"polling {stac_source.describe()} failed, cursor kept: {exc}") from exc
         horizon = canonical(dt.datetime.now(dt.timezone.utc) + FUTURE_TOLERANCE)
@@ -192,9 +203,9 @@ def build_sensors(collections: list[CollectionConfig], chip_index_job, settings:
                     "polled; reset the sensor's cursor")
         for collection, lines in reports.items():
             context.log.warning("%s: %s", collection, "; ".join(lines))
-        context.log.info("new or updated items per collection: %s (%d new partitions, %.1f s)", counts,
-                         len(partitions), time.monotonic() - started)
-        requests = [AddDynamicPartitionsRequest(ITEM_PARTITIONS_NAME, partitions)] if partitions else []
+        context.log.info("new or updated items per collection: %s (%d new partitions, %d runs, %.1f s)", counts,
+                         len(partitions), len(runs), time.monotonic() - started)
+        requests = partition_requests(ITEM_PARTITIONS_NAME, partitions)
         next_cursor = dump_cursor(new_cursor, reports)
         if not runs:
             problems = f"; reported: {json.dumps(reports)[:2000]}" if reports else ""

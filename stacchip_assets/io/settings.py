@@ -21,7 +21,7 @@ from stacchip_assets.core.limits import ReadLimits, limits_from_mapping
 from stacchip_assets.errors import StacchipError
 
 __all__ = [
-    "BACKFILL_PARTITIONS_PER_RUN_ENV", "COLLECTIONS_ENV", "COLLECTIONS_FILE_ENV", "COMBINED_INTERVAL_ENV",
+    "BACKFILL_PARTITIONS_PER_RUN_ENV", "COLLECTIONS_ENV", "COMBINED_FRESHNESS_ENV", "COLLECTIONS_FILE_ENV", "COMBINED_INTERVAL_ENV",
     "DASK_SCHEDULER_ENV", "EXECUTOR_ENV", "RESOURCE_ENV", "SAMPLE_DIR_ENV", "SENSOR_INTERVAL_ENV",
     "STORAGE_BASE_ENV", "Settings", "default_base", "default_sample_dir", "load_settings", "read_limits",
 ]
@@ -33,6 +33,7 @@ COLLECTIONS_ENV = "STACCHIP_COLLECTIONS"
 SENSOR_INTERVAL_ENV = "STACCHIP_SENSOR_INTERVAL_SECONDS"
 COMBINED_INTERVAL_ENV = "STACCHIP_COMBINED_INTERVAL_SECONDS"
 BACKFILL_PARTITIONS_PER_RUN_ENV = "STACCHIP_BACKFILL_PARTITIONS_PER_RUN"
+COMBINED_FRESHNESS_ENV = "STACCHIP_COMBINED_FRESHNESS_HOURS"
 DASK_SCHEDULER_ENV = "STACCHIP_DASK_SCHEDULER"
 SAMPLE_DIR_ENV = "STACCHIP_SAMPLE_DIR"
 
@@ -77,6 +78,7 @@ class Settings:
     sensor_interval_seconds: int = 60
     combined_interval_seconds: int = 30
     backfill_partitions_per_run: int = 100
+    combined_freshness_hours: float = 24.0
     dask_scheduler: str | None = None
     storage_base: str | None = None
     dagster_home: str | None = None
@@ -109,6 +111,17 @@ def _seconds(environ: Mapping[str, str], name: str, default: int) -> int:
         return max(1, int(value)) if value else default
     except ValueError as exc:
         raise StacchipError(f"{name} must be a whole number of seconds, got {value!r}") from exc
+
+
+def _hours(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise StacchipError(f"{name} must be a positive number of hours, got {raw!r}")
+    return value
 
 
 def _at_least_one(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -160,6 +173,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         sensor_interval_seconds=_seconds(environ, SENSOR_INTERVAL_ENV, 60),
         combined_interval_seconds=_seconds(environ, COMBINED_INTERVAL_ENV, 30),
         backfill_partitions_per_run=_at_least_one(environ, BACKFILL_PARTITIONS_PER_RUN_ENV, 100),
+        combined_freshness_hours=_hours(environ, COMBINED_FRESHNESS_ENV, 24.0),
         dask_scheduler=environ.get(DASK_SCHEDULER_ENV) or None,
         storage_base=environ.get(STORAGE_BASE_ENV) or None,
         dagster_home=environ.get("DAGSTER_HOME") or None,

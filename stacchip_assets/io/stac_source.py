@@ -37,26 +37,37 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import pystac
 
 from stacchip_assets.core.ids import validate_id
-from stacchip_assets.errors import InvalidItemError, StacSourceError
+from stacchip_assets.errors import StacSourceError
+from stacchip_assets.io.catalog_index import FileOutcome, index_for, indexed_items
+from stacchip_assets.io.source_base import (
+    PolledItem,
+    StacSource,
+    _after,
+    _not_found,
+    canonical_time,
+    item_updated,
+)
 from stacchip_assets.io.source_guards import (
     PageGuard,
     SourceReport,
-    canonical,
+    absolute_href,
     checked_item,
     item_time,
+    read_item_file,
+    read_json,
     unlinked_item_files,
+    walk_item_hrefs,
     walk_items,
 )
 from stacchip_assets.io.stac_http import RetrySettings
-from stacchip_assets.io.stac_http import explain as _explain
 from stacchip_assets.io.stac_search import (
     DEFAULT_TILE_PROPERTIES,
     SELECTION_ALL,
@@ -72,80 +83,6 @@ from stacchip_assets.io.stac_search import (
 )
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class PolledItem:
-    """An item a poll found: enough to request its indexing (no item body kept)."""
-
-    collection: str
-    item_id: str
-    updated: str  # canonical UTC ISO time, see `canonical_time`
-
-    @property
-    def position(self) -> tuple[str, str]:
-        return (self.updated, self.item_id)
-
-
-def canonical_time(value: str | dt.datetime) -> str:
-    """A time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC (sortable as text, stable in run keys)."""
-    when = pystac.utils.str_to_datetime(value) if isinstance(value, str) else value
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return canonical(when.astimezone(dt.timezone.utc))
-
-
-def item_updated(item: pystac.Item, prop: str = "updated") -> str:
-    """The item's last-modified time: its ``updated`` property, else ``created``, else its datetime
-    (never a file mtime: see :func:`.source_guards.item_time`). A present but malformed time raises
-    InvalidItemError naming the item (the item stays malformed: not worth a retry)."""
-    try:
-        return item_time(item.properties, prop)
-    except ValueError as exc:
-        raise InvalidItemError(f"malformed metadata: {exc}", item_id=str(item.id)) from exc
-
-
-# --------------------------------------------------------------------------------------------------
-# Sources
-# --------------------------------------------------------------------------------------------------
-
-class StacSource:
-    """Common interface of the STAC API and static catalog sources."""
-
-    #: Human-readable description used in errors and metadata.
-    name: str = "STAC source"
-
-    def search(self, collection: str, params: SearchParams | None = None, *,
-               report: SourceReport | None = None) -> list[pystac.Item]:
-        """The items the search selects; malformed ones are skipped into `report`."""
-        raise NotImplementedError
-
-    def poll(
-        self,
-        collection: str,
-        params: SearchParams | None = None,
-        after: tuple[str, str] | None = None,
-        limit: int = 100,
-        *,
-        report: SourceReport | None = None,
-        deadline: float | None = None,
-    ) -> list[PolledItem]:
-        """Items with (updated, id) after `after`, oldest first, at most `limit`; each time validated and
-        no later than now + FUTURE_TOLERANCE. Malformed items, a paging loop and a `deadline`
-        (time.monotonic) that passed are recorded in `report`; what is returned is always an
-        oldest-first prefix, so a cursor set to its last position skips nothing."""
-        raise NotImplementedError
-
-    def get_item(self, collection: str, item_id: str) -> pystac.Item:
-        raise NotImplementedError
-
-    def _error(self, what: str, exc: BaseException | str) -> StacSourceError:
-        return StacSourceError(f"{self.name}: {what}: {_explain(exc)}")
-
-
-def _after(items: Iterable[PolledItem], after: tuple[str, str] | None, limit: int) -> list[PolledItem]:
-    found = sorted((p for p in items if after is None or p.position > tuple(after)), key=lambda p: p.position)
-    return found[: max(int(limit), 0)]
-
 
 class StaticCatalogSource(StacSource):
     """A static STAC catalog (local path or URL of catalog.json), walked on every call so edits are
@@ -175,6 +112,31 @@ class StaticCatalogSource(StacSource):
             raise self._error(f"cannot read the items of collection {collection!r}", exc) from exc
         return (child, True) if child is not None else (catalog, False)
 
+    def _container_href(self, collection: str) -> tuple[str, bool]:
+        """(href of the child catalog/collection with that id, True), else (the root's href, False): as
+        :meth:`_container`, on the JSON alone (pystac would build a Link per item of a 10k-item collection)."""
+        root = self.catalog_path if "://" in self.catalog_path else os.path.abspath(self.catalog_path)
+        try:
+            queue, seen = [root], {root}
+            links = read_json(root).get("links") or []
+        except Exception as exc:
+            raise self._error("cannot open the catalog", exc) from exc
+        try:
+            while queue:
+                href = queue.pop(0)
+                data = read_json(href) if href != root else {"links": links}
+                if href != root and data.get("id") == collection:
+                    return href, True
+                for link in data.get("links") or []:
+                    if isinstance(link, dict) and link.get("rel") == "child" and isinstance(link.get("href"), str):
+                        child = absolute_href(link["href"], href)
+                        if child not in seen:
+                            seen.add(child)
+                            queue.append(child)
+        except Exception as exc:
+            raise self._error(f"cannot read the items of collection {collection!r}", exc) from exc
+        return root, False
+
     def _collection_items(self, collection: str, report: SourceReport, *, prop: str = "updated",
                           now: dt.datetime | None = None, deadline: float | None = None,
                           ) -> Iterator[tuple[pystac.Item, str]]:
@@ -197,14 +159,33 @@ class StaticCatalogSource(StacSource):
             if item.collection_id == collection:
                 found = True
                 yield item, updated
+        self._finish_walk(collection, start, is_child, found, reached, report)
+
+    def _finish_walk(self, collection: str, start: str, is_child: bool, found: bool, reached: set[str],
+                     report: SourceReport) -> None:
+        """After a walk: no such collection is an error; unlinked item files are reported."""
         if not is_child and not found and not report.skipped_count:
             raise self._error(f"collection {collection!r}", "the catalog has no such collection "
                               "(no child catalog of that id and no item naming it)")
         folder = os.path.dirname(start) if is_child and "://" not in start else None
         if folder and report.truncated is None:
             for path, item_id in unlinked_item_files(folder, reached):
-                report.warn(f"{context}: item file {path} (id {item_id!r}) is linked from no catalog or "
-                            "collection: not read (add an item link to pick it up)")
+                report.warn(f"{self.name}, collection {collection!r}: item file {path} (id {item_id!r}) is "
+                            "linked from no catalog or collection: not read (add an item link to pick it up)")
+
+    def _collection_entries(self, collection: str, report: SourceReport, *, prop: str, now: dt.datetime,
+                            deadline: float | None) -> list[tuple[str, FileOutcome]]:
+        """(href, outcome) of the collection's valid items, as :meth:`_collection_items` finds them, but
+        reading only the item files that are new or changed since the last poll (:mod:`.catalog_index`)."""
+        start, is_child = self._container_href(collection)
+        reached: set[str] = set()
+        context = f"{self.name}, collection {collection!r}"
+        hrefs = walk_item_hrefs(start, report, deadline=deadline, reached=reached, context=context)
+        entries = [(href, outcome) for href, outcome in indexed_items(
+            index_for(f"{self.catalog_path}#{collection}"), hrefs, report, prop=prop, now=now, context=context)
+            if (outcome.collection_id or (collection if is_child else None)) == collection]
+        self._finish_walk(collection, start, is_child, bool(entries), reached, report)
+        return entries
 
     def search(self, collection: str, params: SearchParams | None = None, *,
                report: SourceReport | None = None) -> list[pystac.Item]:
@@ -216,20 +197,35 @@ class StaticCatalogSource(StacSource):
         return items[: params.max_items] if params.max_items else items
 
     def poll(self, collection, params=None, after=None, limit=100, *, report=None, deadline=None):
-        """See :meth:`StacSource.poll`. The whole catalog is listed (a static catalog has no order); if
+        """See :meth:`StacSource.poll`. The whole catalog is listed (a static catalog has no order), but
+        only new or changed item files are read (the file index of :mod:`.catalog_index`); with a
+        bbox/datetime/query/filter, only the items after the cursor are read in full to be matched. If
         the `deadline` passes before the listing is complete, nothing is returned (a partial listing is
         not an oldest-first prefix) and ``report.truncated`` says so: the cursor stays."""
         params = params or SearchParams()
         report = report if report is not None else SourceReport()
-        listed = list(self._collection_items(collection, report, prop=params.updated_property,
-                                             now=dt.datetime.now(dt.timezone.utc), deadline=deadline))
+        now = dt.datetime.now(dt.timezone.utc)
+        prop = params.updated_property
+        if params.selection != SELECTION_ALL:  # a selection ranks the whole item set: read it all
+            listed = list(self._collection_items(collection, report, prop=prop, now=now, deadline=deadline))
+            if report.truncated is not None:
+                return []
+            times = {id(i): t for i, t in listed}
+            items = apply_selection(filter_items([i for i, _ in listed], params, report), params)
+            items = items[: params.max_items] if params.max_items else items
+            return _after((PolledItem(collection, i.id, times[id(i)]) for i in items), after, limit)
+        entries = self._collection_entries(collection, report, prop=prop, now=now, deadline=deadline)
         if report.truncated is not None:
             return []
-        times = {id(i): t for i, t in listed}
-        items = filter_items([i for i, _ in listed], params, report)
-        if params.selection != SELECTION_ALL:
-            items = apply_selection(items, params)
-            items = items[: params.max_items] if params.max_items else items
+        fresh = [(h, o) for h, o in entries if after is None or (o.updated, o.item_id) > tuple(after)]
+        if not any(v not in (None, (), [], {}) for v in (params.bbox, params.datetime, params.query, params.filter)):
+            return _after((PolledItem(collection, o.item_id, o.updated) for _, o in fresh), after, limit)
+        context = f"{self.name}, collection {collection!r}"
+        checked = [c for c in (checked_item(d, h, report, prop=prop, now=now, context=context, href=h)
+                               for h, d in ((h, read_item_file(h, report, context)) for h, _ in fresh)
+                               if d is not None) if c is not None]
+        times = {id(i): t for i, t in checked}
+        items = filter_items([i for i, _ in checked], params, report)
         return _after((PolledItem(collection, i.id, times[id(i)]) for i in items), after, limit)
 
     def get_item(self, collection: str, item_id: str) -> pystac.Item:
@@ -255,14 +251,6 @@ class StaticCatalogSource(StacSource):
             if item.id == item_id:
                 return item
         raise self._error(f"no item {item_id!r} in collection {collection!r}", _not_found(item_id, report))
-
-
-def _not_found(item_id: str, report: SourceReport) -> str:
-    """"not found", with the reason if the item was there but skipped as malformed."""
-    reasons = [reason for name, reason in report.skipped if name in (repr(item_id), item_id)]
-    if reasons:
-        return f"the item is malformed: {reasons[0]}"
-    return "not found" + (f" ({report.truncated})" if report.truncated else "")
 
 
 class StacApiSource(StacSource):
@@ -308,7 +296,7 @@ class StacApiSource(StacSource):
     def _search(self, collection: str, params: SearchParams, report: SourceReport, *,
                 extra_filter: Mapping[str, Any] | None = None, sortby: Any = None, ids: Sequence[str] | None = None,
                 now: dt.datetime | None = None, deadline: float | None = None, on_loop: str = "raise",
-                ) -> Iterator[tuple[pystac.Item, str]]:
+                consume: bool = False) -> Iterator[tuple[pystac.Item, str]]:
         """(item, ordering time) of each valid feature of the search's pages; a malformed feature is
         skipped into `report`. A paging loop raises StacSourceError (``on_loop="raise"``) or ends the
         walk with ``report.truncated`` set (``"stop"``); so does a passed `deadline` (always "stop")."""
@@ -336,7 +324,7 @@ class StacApiSource(StacSource):
                 features = (page.get("features") or []) if stop is None else []
                 for n, feature in enumerate(features if isinstance(features, list) else []):
                     checked = checked_item(feature, f"feature {n + 1} of page {guard.count}", report,
-                                           prop=params.updated_property, now=now, context=context)
+                                           prop=params.updated_property, now=now, context=context, consume=consume)
                     if checked is not None:
                         if checked[0].collection_id is None:
                             checked[0].collection_id = collection
@@ -427,7 +415,7 @@ class StacApiSource(StacSource):
         repeated: list[str] = []
         # Items sharing the cursor's timestamp come back again (>=): skip them, so fetch a little more.
         for item, updated in self._search(collection, params, report, extra_filter=extra, sortby=sortby, now=now,
-                                          deadline=deadline, on_loop="stop"):
+                                          deadline=deadline, on_loop="stop", consume=True):
             polled = PolledItem(collection, item.id, updated)
             if after is not None and polled.position <= tuple(after):
                 continue

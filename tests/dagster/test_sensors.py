@@ -43,6 +43,13 @@ S2 = "sentinel-2-l2a"
 S2_ITEM = "S2B_31UDQ_20230704_0_L2A"
 
 
+@pytest.fixture(autouse=True)
+def one_item_per_run(monkeypatch):
+    """These tests check the per-item semantics (a run per item version); batched runs (the default,
+    STACCHIP_BACKFILL_PARTITIONS_PER_RUN=100) are tested in test_ingest_batching.py."""
+    monkeypatch.setenv("STACCHIP_BACKFILL_PARTITIONS_PER_RUN", "1")
+
+
 @pytest.fixture()
 def catalog(tmp_path, tmp_path_factory):
     return copy_catalog(shared_sample(tmp_path_factory), tmp_path / "catalog")

@@ -61,6 +61,13 @@ def poison(collection: str, name: str, number: int, **properties) -> dict:
 
 
 #: Bad items a STAC API (pgstac) stores as they are, and the reason each is skipped with.
+@pytest.fixture(autouse=True)
+def one_item_per_run(monkeypatch):
+    """These tests check the per-item semantics (a run per item version); batched runs (the default,
+    STACCHIP_BACKFILL_PARTITIONS_PER_RUN=100) are tested in test_ingest_batching.py."""
+    monkeypatch.setenv("STACCHIP_BACKFILL_PARTITIONS_PER_RUN", "1")
+
+
 API_POISONS = {
     "updated-number": ({"updated": 12345}, "not a text time"),
     "updated-feb30": ({"updated": "2024-02-30T10:00:00Z"}, "unparseable time"),

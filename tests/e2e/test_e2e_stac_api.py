@@ -141,6 +141,13 @@ class Pipeline:
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("chip_index"), asset_partitions=[self.key(index)]), limit=100).records)
 
 
+@pytest.fixture(autouse=True)
+def one_item_per_run(monkeypatch):
+    """These tests check the per-item semantics (a run per item version); batched runs (the default,
+    STACCHIP_BACKFILL_PARTITIONS_PER_RUN=100) are tested in test_ingest_batching.py."""
+    monkeypatch.setenv("STACCHIP_BACKFILL_PARTITIONS_PER_RUN", "1")
+
+
 @pytest.fixture()
 def pipeline(request, stac_api, cog_server, sample_catalog, tmp_path):
     collection = "e2e-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")

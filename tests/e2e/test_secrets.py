@@ -41,6 +41,13 @@ TOKEN_VALUE = TEST_TOKEN.split("sig=", 1)[1]  # "stacchip-test-token"
 SIGNER = "tests.support.http_server:sign_with_test_token"
 
 
+@pytest.fixture(autouse=True)
+def one_item_per_run(monkeypatch):
+    """These tests check the per-item semantics (a run per item version); batched runs (the default,
+    STACCHIP_BACKFILL_PARTITIONS_PER_RUN=100) are tested in test_ingest_batching.py."""
+    monkeypatch.setenv("STACCHIP_BACKFILL_PARTITIONS_PER_RUN", "1")
+
+
 @pytest.fixture(scope="module")
 def private_s3():
     require_servers("s3")

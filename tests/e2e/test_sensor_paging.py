@@ -31,6 +31,13 @@ CAP = 250
 T0 = dt.datetime(2025, 3, 1, tzinfo=dt.timezone.utc)
 
 
+@pytest.fixture(autouse=True)
+def one_item_per_run(monkeypatch):
+    """These tests check the per-item semantics (a run per item version); batched runs (the default,
+    STACCHIP_BACKFILL_PARTITIONS_PER_RUN=100) are tested in test_ingest_batching.py."""
+    monkeypatch.setenv("STACCHIP_BACKFILL_PARTITIONS_PER_RUN", "1")
+
+
 def updated_of(position: int) -> str:
     """Four items share each `updated` time (a publisher's batch), so a tick boundary splits a batch."""
     return (T0 + dt.timedelta(seconds=position // 4)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

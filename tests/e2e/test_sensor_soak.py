@@ -88,6 +88,13 @@ class Graph:
         return {item_id: self.store.parquet_num_rows(entry.key) for _, item_id, entry in self.store.indexed_items()}
 
 
+@pytest.fixture(autouse=True)
+def one_item_per_run(monkeypatch):
+    """These tests check the per-item semantics (a run per item version); batched runs (the default,
+    STACCHIP_BACKFILL_PARTITIONS_PER_RUN=100) are tested in test_ingest_batching.py."""
+    monkeypatch.setenv("STACCHIP_BACKFILL_PARTITIONS_PER_RUN", "1")
+
+
 @pytest.fixture()
 def soak_collection(stac_api, sample_catalog):
     collection = f"soak-{uuid.uuid4().hex[:8]}"

@@ -32,6 +32,13 @@ from tests.support.servers import collection_json, item_json
 N_ITEMS = 7
 
 
+@pytest.fixture(autouse=True)
+def one_item_per_run(monkeypatch):
+    """These tests check the per-item semantics (a run per item version); batched runs (the default,
+    STACCHIP_BACKFILL_PARTITIONS_PER_RUN=100) are tested in test_ingest_batching.py."""
+    monkeypatch.setenv("STACCHIP_BACKFILL_PARTITIONS_PER_RUN", "1")
+
+
 @pytest.fixture()
 def collection(request, stac_api, sample_catalog, cog_server):
     """A fresh API collection with N_ITEMS items (copies of one sample item under other ids), each

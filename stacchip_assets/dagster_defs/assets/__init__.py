@@ -60,7 +60,7 @@ def build_assets(collections: list[CollectionConfig], settings: Settings | None 
     by_collection = {c.collection: c for c in collections}
     collection_partitions = StaticPartitionsDefinition([c.collection for c in collections])
     return (build_stac_items(by_collection, collection_partitions), build_chip_index(by_collection, settings),
-            build_combined_index())
+            build_combined_index(settings))
 
 
 __all__ = [

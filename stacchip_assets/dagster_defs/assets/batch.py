@@ -16,7 +16,6 @@ from dagster import (
     AssetMaterialization,
     AssetRecordsFilter,
     DagsterEventType,
-    DataVersion,
     Failure,
     MetadataValue,
     Output,
@@ -29,6 +28,7 @@ from stacchip_assets.dagster_defs.assets.common import (
     split_item_partition_key,
 )
 from stacchip_assets.dagster_defs.assets.metadata import chip_index_metadata
+from stacchip_assets.dagster_defs.dagster_internals import check_target, provenance_tags
 from stacchip_assets.index.item_index import ItemIndexResult
 
 
@@ -36,14 +36,9 @@ def _provenance_tags(context: AssetExecutionContext) -> dict[str, str]:
     """The tags Dagster puts on an output's materialization (code version, the input data versions
     and event pointers of the upstream assets), without the data version: a batch reports each
     partition as its own AssetMaterialization with its own data version, which the output path
-    cannot do (one data version per output). Built with Dagster's own helpers, so the UI's
+    cannot do (one data version per output). Built with Dagster's own (private) helpers in `dagster_internals`, so the UI's
     staleness of a batch-materialized partition is the same as after a single-partition run."""
-    from dagster._core.execution.plan.execute_step import _build_data_version_tags, _get_input_provenance_data
-
-    step = context.get_step_execution_context()
-    provenance = _get_input_provenance_data(CHIP_INDEX_KEY, step)
-    tags = _build_data_version_tags(DataVersion("-"), CHIP_INDEX_CODE_VERSION, provenance, True)
-    return {k: v for k, v in tags.items() if k != "dagster/data_version"}
+    return provenance_tags(context, CHIP_INDEX_KEY, CHIP_INDEX_CODE_VERSION)
 
 
 def _materialized_in_run(context: AssetExecutionContext) -> set[str]:
@@ -58,18 +53,12 @@ def _materialized_in_run(context: AssetExecutionContext) -> set[str]:
 
 def _target(context: AssetExecutionContext, key: str):
     """The materialization a check result of partition `key` refers to (the one this run just logged)."""
-    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-        AssetCheckEvaluationTargetMaterializationData,
-    )
-
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=CHIP_INDEX_KEY, asset_partitions=[key]), limit=1
     ).records
     if not records or records[0].run_id != context.run.run_id:
         return None
-    return AssetCheckEvaluationTargetMaterializationData(
-        storage_id=records[0].storage_id, run_id=records[0].run_id, timestamp=records[0].timestamp
-    )
+    return check_target(records[0].storage_id, records[0].run_id, records[0].timestamp)
 
 
 def _report_partition(context: AssetExecutionContext, key: str, result: ItemIndexResult, source: str,

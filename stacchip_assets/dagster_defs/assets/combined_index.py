@@ -6,6 +6,7 @@ The bookkeeping (totals, journal cursor, data version) is `index.combined_state`
 the event log and turns the outcome into metadata.
 """
 
+import datetime as dt
 from typing import Any, Literal
 
 from dagster import (
@@ -14,6 +15,7 @@ from dagster import (
     AssetsDefinition,
     Config,
     DataVersion,
+    FreshnessPolicy,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -36,6 +38,7 @@ from stacchip_assets.errors import StacchipError
 from stacchip_assets.index import combined_state
 from stacchip_assets.index.combined import CombinedIndex
 from stacchip_assets.index.combined_state import UpdateOutcome
+from stacchip_assets.io.settings import Settings, load_settings
 
 
 class CombinedIndexConfig(Config):
@@ -174,8 +177,13 @@ def update_combined_index(context: AssetExecutionContext, config: CombinedIndexC
     )
 
 
-def build_combined_index() -> AssetsDefinition:
-    """The combined_index asset (unpartitioned, in the combine pool; runs requested by combined_trigger)."""
+def build_combined_index(settings: Settings | None = None) -> AssetsDefinition:
+    """The combined_index asset (unpartitioned, in the combine pool; runs requested by combined_trigger).
+    Its freshness policy (shown in the UI) fails when it was not updated for
+    STACCHIP_COMBINED_FRESHNESS_HOURS (default 24: a collection that publishes daily), warns at half."""
+    hours = (load_settings() if settings is None else settings).combined_freshness_hours
+    freshness = FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=hours),
+                                            warn_window=dt.timedelta(hours=hours / 2))
 
     @asset(
         key=COMBINED_INDEX_KEY,
@@ -184,6 +192,7 @@ def build_combined_index() -> AssetsDefinition:
         pool=COMBINE_POOL,
         group_name="stacchip",
         kinds={"geoparquet"},
+        freshness_policy=freshness,
         description="All chip indexes in one GeoParquet dataset ({base}/combined/{collection}/{item_id}.parquet), "
         "updated incrementally from the chip-index materializations since its previous materialization.",
     )
