@@ -89,6 +89,13 @@ class Library:
         return {i for c, i in CombinedIndex(self.storage).items() if c == S2}
 
 
+@pytest.fixture(autouse=True)
+def one_item_per_run(monkeypatch):
+    """The flows below follow each item's own run (a run per item version); batched runs (the default,
+    STACCHIP_BACKFILL_PARTITIONS_PER_RUN=100) are tested in tests/e2e/test_ingest_batching.py."""
+    monkeypatch.setenv("STACCHIP_BACKFILL_PARTITIONS_PER_RUN", "1")
+
+
 @pytest.fixture()
 def library(sample_catalog, tmp_path) -> Library:
     return Library(copy_catalog(sample_catalog, tmp_path / "catalog"), tmp_path / "base")
