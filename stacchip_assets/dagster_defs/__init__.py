@@ -6,7 +6,8 @@ ones, see `presets`); `stacchip_assets.definitions.defs` is the code location's 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from dagster import AssetSelection, Definitions, ExecutorDefinition, define_asset_job, in_process_executor  # noqa: F401
 
@@ -24,13 +25,21 @@ from stacchip_assets.dagster_defs.checks import combined_index_checks
 from stacchip_assets.dagster_defs.combined_trigger import all_indexed_items_combined, build_combined_trigger
 from stacchip_assets.dagster_defs.presets import CollectionConfig, load_collections
 from stacchip_assets.dagster_defs.query import chip_query_job
-from stacchip_assets.dagster_defs.resources import ChipSettingsResource, StacSourceResource, StorageResource, default_resources
-from stacchip_assets.dagster_defs.runtime import CHIP_INDEX_MAX_RUNTIME_SECONDS, COMBINED_INDEX_MAX_RUNTIME_SECONDS, max_runtime_tags
+from stacchip_assets.dagster_defs.resources import (
+    ChipSettingsResource,
+    StacSourceResource,
+    StorageResource,
+    default_resources,
+)
+from stacchip_assets.dagster_defs.runtime import (
+    CHIP_INDEX_MAX_RUNTIME_SECONDS,
+    COMBINED_INDEX_MAX_RUNTIME_SECONDS,
+    max_runtime_tags,
+)
 from stacchip_assets.dagster_defs.sensors import COMBINE_TAG, build_sensors
 from stacchip_assets.dagster_defs.training import build_training_assets, default_dask_resource
 from stacchip_assets.io import settings as settings_module
 from stacchip_assets.io.settings import Settings, load_settings
-
 
 #: Environment variable that chooses the executor of every job (read by `io.settings` when the code location loads).
 EXECUTOR_ENV = settings_module.EXECUTOR_ENV

@@ -10,11 +10,11 @@ import pyarrow.compute as pc
 import shapely
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetRecordsFilter, MetadataValue, asset_check
 
+from stacchip_assets.dagster_defs.assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY, item_partition_key
 from stacchip_assets.dagster_defs.item_set_rule import combined_holds_item_sets
+from stacchip_assets.dagster_defs.resources import StorageResource
 from stacchip_assets.index.combined import CombinedIndex
 from stacchip_assets.index.item_sets import load_item_sets
-from stacchip_assets.dagster_defs.assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY, item_partition_key
-from stacchip_assets.dagster_defs.resources import StorageResource
 
 
 def _combined_state(context: AssetCheckExecutionContext) -> dict:

@@ -44,6 +44,7 @@ without a result. It can still be executed by hand (it only reads the event log)
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any, cast
 
 from dagster import (
     AssetCheckEvaluation,
@@ -64,8 +65,8 @@ from dagster import (
     sensor,
 )
 
-from stacchip_assets.io.settings import COMBINED_INTERVAL_ENV, Settings, load_settings
 from stacchip_assets.dagster_defs.assets import CHIP_INDEX_KEY, COMBINED_INDEX_KEY, STAC_ITEMS_KEY
+from stacchip_assets.io.settings import COMBINED_INTERVAL_ENV, Settings, load_settings
 
 #: Seconds between two evaluations of the combined trigger (environment variable, default 30).
 CHECK_NAME = "all_indexed_items_combined"
@@ -109,7 +110,7 @@ def combined_cursor(instance: DagsterInstance) -> int | None:
     if event is None or event.asset_materialization is None:
         return None
     state = event.asset_materialization.metadata.get("state")
-    cursor = dict(state.value).get("event_cursor") if state is not None else None
+    cursor = _state_dict(state).get("event_cursor")
     return int(cursor) if cursor is not None else None
 
 
@@ -178,7 +179,7 @@ def _reported(instance: DagsterInstance) -> tuple[bool, int, int, int] | None:
 
     def number(key: str) -> int:
         value = meta.get(key)
-        return int(value.value) if value is not None and value.value is not None else -2
+        return int(cast(int, value.value)) if value is not None and value.value is not None else -2
 
     return data.passed, number("missing_items"), number("oldest_missing_storage_id"), number("combined_event_cursor")
 
@@ -196,7 +197,7 @@ def item_sets_changed(instance: DagsterInstance) -> bool:
         return False
     event = instance.get_latest_materialization_event(COMBINED_INDEX_KEY)
     state = event.asset_materialization.metadata.get("state") if event and event.asset_materialization else None
-    applied = dict(state.value).get("item_sets_cursor") if state is not None else None
+    applied = _state_dict(state).get("item_sets_cursor")
     return applied is None or newest[0].storage_id > int(applied)
 
 
@@ -252,3 +253,8 @@ def all_indexed_items_combined(context: AssetCheckExecutionContext) -> AssetChec
 
 __all__ = ["CHECK_NAME", "COMBINED_INTERVAL_ENV", "SENSOR_NAME", "Backlog", "active_combined_runs", "all_indexed_items_combined",
            "backlog", "build_combined_trigger", "combined_cursor", "decide"]
+
+
+def _state_dict(entry: Any) -> dict:
+    """The `state` metadata entry of a combined materialization as a dict ({} when absent)."""
+    return dict(cast(dict, entry.value)) if entry is not None and entry.value is not None else {}

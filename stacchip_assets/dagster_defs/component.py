@@ -21,42 +21,42 @@ from dagster import ConfigurableResource, Definitions
 from dagster.components import Component, ComponentLoadContext, Model, Resolvable
 from pydantic import Field, create_model
 
-from stacchip_assets.errors import StacchipError
 from stacchip_assets.dagster_defs import build_definitions
 from stacchip_assets.dagster_defs.presets import CollectionConfig, builtin_presets, load_collections, resolve_entry
 from stacchip_assets.dagster_defs.resources import RESOURCE_CLASSES, resource_env_values
+from stacchip_assets.errors import StacchipError
 
 
 class ChipOverrides(Resolvable, Model):
     """Chip settings of one collection (unset: the preset's; null: the built-in default)."""
 
-    indexer: Optional[str] = Field(default=None, description="indexer: sentinel-2, landsat, modis, nodata, nostats")
-    chip_size: Optional[int] = Field(default=None, description="chip size in pixels")
-    chip_max_nodata: Optional[float] = Field(default=None, description="drop chips with more nodata than this")
-    stride: Optional[int] = Field(default=None, description="pixels between chip origins")
-    pad_edges: Optional[bool] = Field(default=None, description="keep partial chips at the right/bottom edges")
-    assets: Optional[list[str]] = Field(default=None, description="asset keys to keep (the mask is always kept)")
+    indexer: str | None = Field(default=None, description="indexer: sentinel-2, landsat, modis, nodata, nostats")
+    chip_size: int | None = Field(default=None, description="chip size in pixels")
+    chip_max_nodata: float | None = Field(default=None, description="drop chips with more nodata than this")
+    stride: int | None = Field(default=None, description="pixels between chip origins")
+    pad_edges: bool | None = Field(default=None, description="keep partial chips at the right/bottom edges")
+    assets: list[str] | None = Field(default=None, description="asset keys to keep (the mask is always kept)")
 
 
 class CollectionEntry(Resolvable, Model):
     """One collection: a preset and/or a collection id, with overrides of its search and chips."""
 
-    preset: Optional[str] = Field(default=None, description="a preset name (see stacchip_assets.dagster_defs.presets)")
-    collection: Optional[str] = Field(default=None, description="collection id (default: the preset name)")
-    description: Optional[str] = None
-    search: Optional[dict[str, Any]] = Field(
+    preset: str | None = Field(default=None, description="a preset name (see stacchip_assets.dagster_defs.presets)")
+    collection: str | None = Field(default=None, description="collection id (default: the preset name)")
+    description: str | None = None
+    search: dict[str, Any] | None = Field(
         default=None, description="search parameters: bbox, datetime, query, filter, sortby, max_items, selection, ...",
     )
-    chips: Optional[ChipOverrides] = None
+    chips: ChipOverrides | None = None
 
 
 def _resource_model(name: str, resource: type[ConfigurableResource]) -> type[Model]:
     """A YAML model with the fields of `resource` (same names, types, defaults and descriptions), all optional."""
     fields = {
-        key: (Optional[info.annotation], Field(default=None, description=info.description))
+        key: (Optional[info.annotation], Field(default=None, description=info.description))  # noqa: UP045 (built at run time from any annotation)
         for key, info in resource.model_fields.items()
     }
-    return create_model(name, __base__=(Resolvable, Model), __doc__=resource.__doc__, **fields)
+    return create_model(name, __base__=(Resolvable, Model), __doc__=resource.__doc__, **fields)  # type: ignore[call-overload]
 
 
 StacSourceModel = _resource_model("StacSourceModel", RESOURCE_CLASSES["stac_source"])
@@ -72,20 +72,20 @@ class StacChipsComponent(Component, Resolvable, Model):
     then to the defaults; relative local paths are relative to this `defs.yaml`'s folder.
     """
 
-    collections: Optional[list[CollectionEntry]] = Field(
+    collections: list[CollectionEntry] | None = Field(
         default=None, description="the collections, e.g. [{preset: naip}] (default: STACCHIP_COLLECTIONS(_FILE), "
         "else the five collections of the sample catalog)",
     )
     presets: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="more presets, or replacements of built-in ones (same form as PRESETS_YAML)",
     )
-    stac_source: Optional[StacSourceModel] = Field(  # type: ignore[valid-type]
+    stac_source: StacSourceModel | None = Field(  # type: ignore[valid-type]
         default=None, description="STAC API (api_url) or static catalog (catalog_path); neither: the sample catalog",
     )
-    storage: Optional[StorageModel] = Field(  # type: ignore[valid-type]
+    storage: StorageModel | None = Field(  # type: ignore[valid-type]
         default=None, description="storage base: a local folder or s3://bucket/prefix, with its S3 endpoint",
     )
-    chip_settings: Optional[ChipSettingsModel] = Field(  # type: ignore[valid-type]
+    chip_settings: ChipSettingsModel | None = Field(  # type: ignore[valid-type]
         default=None, description="chip settings for every collection (override the presets')",
     )
 
@@ -108,7 +108,8 @@ class StacChipsComponent(Component, Resolvable, Model):
         given = {"stac_source": self.stac_source, "storage": self.storage, "chip_settings": self.chip_settings}
         out: dict[str, ConfigurableResource] = {}
         for key, values in resource_env_values().items():
-            yaml_values = given[key].model_dump(exclude_unset=True) if given[key] is not None else {}
+            model = given[key]
+            yaml_values: dict[str, Any] = model.model_dump(exclude_unset=True) if model is not None else {}
             for path_field in ("catalog_path", "base"):
                 value = yaml_values.get(path_field)
                 if folder is not None and isinstance(value, str) and "://" not in value:

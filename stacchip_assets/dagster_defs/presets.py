@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
-from stacchip_assets.errors import StacchipError
 from stacchip_assets.core.ids import validate_id
+from stacchip_assets.errors import StacchipError
 from stacchip_assets.index.item_index import ChipSettings
-from stacchip_assets.io.stac_source import SearchParams
-
 from stacchip_assets.io.settings import COLLECTIONS_ENV, COLLECTIONS_FILE_ENV, Settings, load_settings  # noqa: F401 (re-exported)
+from stacchip_assets.io.stac_source import SearchParams
 
 PRESETS_YAML = """
 presets:

@@ -20,19 +20,19 @@ ops:
 """
 
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import AssetKey, AssetMaterialization, Config, Failure, MetadataValue, OpExecutionContext, Output, job, op
 from pydantic import Field
 
-from stacchip_assets.errors import StacchipError, StorageError
 from stacchip_assets.core.ids import validate_id
-from stacchip_assets.index.query import execute, plan_query, plan_row_groups
 from stacchip_assets.dagster_defs.assets import COMBINED_INDEX_KEY
 from stacchip_assets.dagster_defs.pictures import column_lineage
 from stacchip_assets.dagster_defs.resources import StorageResource
+from stacchip_assets.errors import StacchipError, StorageError
+from stacchip_assets.index.query import execute, plan_query, plan_row_groups
 
 QUERIES_DIR = "queries"
 PREVIEW_ROWS = 10
@@ -51,12 +51,12 @@ def query_key(name: str) -> str:
 
 class ChipQueryConfig(Config):
     name: str = Field(description="output name: the result goes to {base}/queries/{name}.parquet")
-    collections: Optional[list[str]] = Field(default=None, description="collection ids (default: all)")
-    start_date: Optional[str] = Field(default=None, description="first date, inclusive (YYYY-MM-DD)")
-    end_date: Optional[str] = Field(default=None, description="last date, inclusive (YYYY-MM-DD)")
-    bbox: Optional[list[float]] = Field(default=None, description="[xmin, ymin, xmax, ymax] in lon/lat; xmin > xmax crosses the antimeridian")
-    max_cloud: Optional[float] = Field(default=None, description="cloud_cover_percentage <= this (a fraction in [0, 1])")
-    max_nodata: Optional[float] = Field(default=None, description="nodata_percentage <= this (a fraction in [0, 1])")
+    collections: list[str] | None = Field(default=None, description="collection ids (default: all)")
+    start_date: str | None = Field(default=None, description="first date, inclusive (YYYY-MM-DD)")
+    end_date: str | None = Field(default=None, description="last date, inclusive (YYYY-MM-DD)")
+    bbox: list[float] | None = Field(default=None, description="[xmin, ymin, xmax, ymax] in lon/lat; xmin > xmax crosses the antimeridian")
+    max_cloud: float | None = Field(default=None, description="cloud_cover_percentage <= this (a fraction in [0, 1])")
+    max_nodata: float | None = Field(default=None, description="nodata_percentage <= this (a fraction in [0, 1])")
     layout: Literal["auto", "compacted", "per-item"] = Field(
         default="auto", description="read the compacted runs when the base has them (auto), or force one layout")
 

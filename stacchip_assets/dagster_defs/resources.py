@@ -26,28 +26,28 @@ STACCHIP_CHIP_MAX_NODATA        max nodata fraction for every collection (defaul
 
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
-from stacchip_assets.io.local_files import HrefPolicy
-from stacchip_assets.index.item_index import ChipSettings
-from stacchip_assets.io.raster import AssetAccess, gdal_env
-from stacchip_assets.demo.sample_data import ensure_sample_catalog
-from stacchip_assets.io.stac_source import RetrySettings, StacSource, open_source
-from stacchip_assets.io.settings import RESOURCE_ENV, Settings, load_settings
-from stacchip_assets.io.storage import DEFAULT_S3_MAX_ATTEMPTS, Storage, default_base
 from stacchip_assets.dagster_defs.presets import CollectionConfig
+from stacchip_assets.demo.sample_data import ensure_sample_catalog
+from stacchip_assets.index.item_index import ChipSettings
+from stacchip_assets.io.local_files import HrefPolicy
+from stacchip_assets.io.raster import AssetAccess, gdal_env
+from stacchip_assets.io.settings import RESOURCE_ENV, Settings, load_settings
+from stacchip_assets.io.stac_source import RetrySettings, StacSource, open_source
+from stacchip_assets.io.storage import DEFAULT_S3_MAX_ATTEMPTS, Storage, default_base
 
 
 class StacSourceResource(ConfigurableResource):
     """Where items come from: a STAC API (`api_url`) or a static catalog (`catalog_path`);
     with neither, the embedded sample catalog (generated on first use, no network needed)."""
 
-    api_url: Optional[str] = Field(default=None, description="STAC API root URL (searched with pystac-client)")
-    catalog_path: Optional[str] = Field(default=None, description="path or URL of a static catalog.json")
+    api_url: str | None = Field(default=None, description="STAC API root URL (searched with pystac-client)")
+    catalog_path: str | None = Field(default=None, description="path or URL of a static catalog.json")
     page_size: int = Field(default=100, description="items per page of an API search")
     timeout_seconds: float = Field(default=30.0, description="HTTP timeout of API requests")
     max_retries: int = Field(
@@ -65,12 +65,12 @@ class StacSourceResource(ConfigurableResource):
     allowed_href_schemes: list[str] = Field(
         default=["http", "https", "s3"], description="URL schemes an item's asset hrefs may use"
     )
-    allowed_local_roots: Optional[list[str]] = Field(
+    allowed_local_roots: list[str] | None = Field(
         default=None,
         description="folders whose files asset hrefs may name (default: the static catalog's folder, or none for an API)",
     )
 
-    allowed_href_hosts: Optional[list[str]] = Field(
+    allowed_href_hosts: list[str] | None = Field(
         default=None,
         description="hosts http(s) asset hrefs may name ('.example.com' admits subdomains; default: any host)",
     )
@@ -108,12 +108,12 @@ class StorageResource(ConfigurableResource):
     how COG assets are read: the same S3 endpoint and credentials, GDAL's network settings and an
     optional href signer, applied around indexing and chipping with :meth:`gdal_env`."""
 
-    base: Optional[str] = Field(default=None, description="local folder or s3://bucket/prefix")
-    s3_endpoint_url: Optional[str] = Field(default=None, description="S3-compatible endpoint URL (storage and s3:// assets)")
-    s3_region: Optional[str] = None
-    s3_access_key_id: Optional[str] = None
-    s3_secret_access_key: Optional[str] = None
-    s3_session_token: Optional[str] = None
+    base: str | None = Field(default=None, description="local folder or s3://bucket/prefix")
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint URL (storage and s3:// assets)")
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_session_token: str | None = None
     s3_max_attempts: int = Field(
         default=DEFAULT_S3_MAX_ATTEMPTS, description="attempts of one S3 request of the storage base (the first "
         "included) on 5xx, throttling and dropped connections, with backoff (boto3/pyarrow standard retry mode)",
@@ -123,11 +123,11 @@ class StorageResource(ConfigurableResource):
         description="extra GDAL configuration options for reading COG assets (override the defaults of "
         "stacchip_assets.io.raster.DEFAULT_GDAL_OPTIONS), e.g. {'AWS_NO_SIGN_REQUEST': 'YES'}",
     )
-    href_signer: Optional[str] = Field(
+    href_signer: str | None = Field(
         default=None, description="'module:function' applied to every asset href before it is opened, "
         "e.g. 'planetary_computer:sign' (pip install planetary-computer)",
     )
-    image_url_prefix: Optional[str] = Field(
+    image_url_prefix: str | None = Field(
         default=None, description="http(s) URL under which the storage base is served (a public bucket, a "
         "static file server): the quicklook, gallery and coverage PNGs in the metadata then link there and "
         "show inline in the UI (without it they are inlined as data: URIs, behind '[Show Markdown]')",
@@ -166,10 +166,10 @@ class StorageResource(ConfigurableResource):
 class ChipSettingsResource(ConfigurableResource):
     """Chip settings; unset fields keep each collection's preset values."""
 
-    chip_size: Optional[int] = Field(default=None, description="chip size in pixels, for every collection")
-    chip_max_nodata: Optional[float] = Field(default=None, description="drop chips with more nodata than this")
-    stride: Optional[int] = Field(default=None, description="pixels between chip origins (overlap if < chip_size)")
-    pad_edges: Optional[bool] = Field(default=None, description="keep partial chips at the right/bottom edges")
+    chip_size: int | None = Field(default=None, description="chip size in pixels, for every collection")
+    chip_max_nodata: float | None = Field(default=None, description="drop chips with more nodata than this")
+    stride: int | None = Field(default=None, description="pixels between chip origins (overlap if < chip_size)")
+    pad_edges: bool | None = Field(default=None, description="keep partial chips at the right/bottom edges")
     indexers: dict[str, str] = Field(default_factory=dict, description="collection -> indexer kind")
     assets: dict[str, list[str]] = Field(default_factory=dict, description="collection -> asset keys to keep")
 

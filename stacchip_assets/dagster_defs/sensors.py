@@ -47,12 +47,12 @@ from stacchip_assets.dagster_defs.batching import partition_requests, plan_runs
 from stacchip_assets.dagster_defs.presets import CollectionConfig
 from stacchip_assets.dagster_defs.resources import StacSourceResource, StorageResource
 from stacchip_assets.errors import StacchipError
+from stacchip_assets.index.item_sets import admit_polled
 from stacchip_assets.io.settings import Settings, load_settings
 from stacchip_assets.io.source_base import PolledItem
 from stacchip_assets.io.source_guards import FUTURE_TOLERANCE, SourceReport, canonical
 from stacchip_assets.io.stac_search import SELECTION_ALL
 from stacchip_assets.io.storage import Storage
-from stacchip_assets.index.item_sets import admit_polled
 
 CURSOR_VERSION = 1
 #: Stop polling (further pages or collections) after this long (a tick times out after 60 s).
@@ -128,7 +128,8 @@ def poll_new_items(
             params = dataclasses.replace(params, selection=SELECTION_ALL, max_items=None)
         polled = source.poll(config.collection, params, after=cursor.get(config.collection),
                              limit=stac_source.max_items_per_tick, report=report, deadline=deadline)
-        admitted = admit_polled(storage, source, config.collection, polled, params=config.search) if incremental else None
+        admitted = (admit_polled(storage, source, config.collection, polled, params=config.search)
+                    if incremental and storage is not None else None)
         if report:
             reports[config.collection] = report.lines(CURSOR_REPORTED)
         selected = admitted[0] if admitted is not None else polled

@@ -8,9 +8,11 @@ metadata. Outputs go to `{base}/training/{name}/` (a local or shared folder the 
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Literal, cast
 
+import pyarrow.compute as pc
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -22,18 +24,22 @@ from dagster import (
     MetadataValue,
     asset,
 )
-import pyarrow.compute as pc
 from pydantic import Field
 
-from stacchip_assets.training.band_stats import band_statistics, band_statistics_markdown, write_band_statistics_json, write_band_statistics_parquet
-from stacchip_assets.index.combined import read_combined
 from stacchip_assets.core.ids import validate_id
-from stacchip_assets.training import TrainingSetConfig, dask_client, read_manifest, select_chips, write_training_set
 from stacchip_assets.dagster_defs.assets import COMBINED_INDEX_KEY
 from stacchip_assets.dagster_defs.pictures import column_lineage
-from stacchip_assets.io.settings import DASK_SCHEDULER_ENV, Settings, load_settings
 from stacchip_assets.dagster_defs.presets import CollectionConfig
 from stacchip_assets.dagster_defs.resources import StacSourceResource, StorageResource
+from stacchip_assets.index.combined import read_combined
+from stacchip_assets.io.settings import DASK_SCHEDULER_ENV, Settings, load_settings
+from stacchip_assets.training import TrainingSetConfig, dask_client, read_manifest, select_chips, write_training_set
+from stacchip_assets.training.band_stats import (
+    band_statistics,
+    band_statistics_markdown,
+    write_band_statistics_json,
+    write_band_statistics_parquet,
+)
 
 TRAINING_SET_KEY = AssetKey("training_set")
 BAND_STATISTICS_KEY = AssetKey("band_statistics")
@@ -46,7 +52,7 @@ class DaskResource(ConfigurableResource):
     scheduler (`scheduler_address`, e.g. tcp://scheduler:8786), or in this process (`enabled: false`)."""
 
     enabled: bool = Field(default=True, description="false: extract in the run process")
-    scheduler_address: Optional[str] = Field(default=None, description="an existing Dask scheduler")
+    scheduler_address: str | None = Field(default=None, description="an existing Dask scheduler")
     n_workers: int = Field(default=2, description="worker processes of the LocalCluster")
 
     @contextlib.contextmanager
@@ -72,16 +78,16 @@ class TrainingSetSettings(Config):
     """What goes into a training set (see `stacchip_assets.training.TrainingSetConfig`)."""
 
     name: str = Field(default="default", description="folder under {base}/training/")
-    bands: Optional[dict[str, list[str]]] = Field(
+    bands: dict[str, list[str]] | None = Field(
         default=None, description="asset keys per collection, in channel order (default: each collection's kept assets, masks excluded)"
     )
-    collections: Optional[list[str]] = None
-    max_cloud: Optional[float] = None
-    max_nodata: Optional[float] = None
-    start: Optional[str] = Field(default=None, description="ISO date or datetime, inclusive")
-    end: Optional[str] = Field(default=None, description="ISO date or datetime, inclusive")
-    bbox: Optional[list[float]] = Field(default=None, description="[west, south, east, north] in degrees")
-    sample_size: Optional[int] = Field(default=None, description="chips to draw without replacement (default: all)")
+    collections: list[str] | None = None
+    max_cloud: float | None = None
+    max_nodata: float | None = None
+    start: str | None = Field(default=None, description="ISO date or datetime, inclusive")
+    end: str | None = Field(default=None, description="ISO date or datetime, inclusive")
+    bbox: list[float] | None = Field(default=None, description="[west, south, east, north] in degrees")
+    sample_size: int | None = Field(default=None, description="chips to draw without replacement (default: all)")
     shard_size: int = 128
     seed: int = 42
     format: str = Field(default="npz", description="npz (as stacchip's prechip wrote it) or zarr")
@@ -94,7 +100,8 @@ class TrainingSetSettings(Config):
         return TrainingSetConfig(
             bands=bands, collections=self.collections, max_cloud=self.max_cloud, max_nodata=self.max_nodata,
             start=self.start, end=self.end, bbox=tuple(self.bbox) if self.bbox else None,
-            sample_size=self.sample_size, shard_size=self.shard_size, seed=self.seed, format=self.format,
+            sample_size=self.sample_size, shard_size=self.shard_size, seed=self.seed,
+            format=cast(Literal["npz", "zarr"], self.format),  # Config fields are plain str; TrainingSetConfig checks it
         )
 
 

@@ -37,7 +37,7 @@ from the files. One small file, proportional to the changes since the last recor
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as pads

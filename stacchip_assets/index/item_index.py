@@ -12,8 +12,9 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,8 +27,8 @@ from stacchip_assets.core.limits import ReadLimits
 from stacchip_assets.core.stac import item_bbox
 from stacchip_assets.errors import InvalidItemError, StacchipError
 from stacchip_assets.index.chip_indexer import INDEXERS, ChipIndexer, Indexer, indexer_class_for
-from stacchip_assets.index.item_sets import SETTINGS_METADATA_KEY, settings_fingerprint
 from stacchip_assets.index.gallery import Gallery, render_gallery
+from stacchip_assets.index.item_sets import SETTINGS_METADATA_KEY, settings_fingerprint
 from stacchip_assets.index.quicklook import DEFAULT_SIZE, render_quicklook
 from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.io.stac_source import item_updated
@@ -355,7 +356,7 @@ def _index_item(item: pystac.Item, storage: Storage, settings: ChipSettings, col
     return ItemIndexResult(
         collection=collection, item_id=item.id, item_updated=updated, source_href=source_href,
         item_uri=item_uri, index_uri=index_uri, quicklook_uri=quicklook_uri, quicklook_png=png, table=table,
-        indexer_class=type(indexer).__name__, settings=settings, grid_shape=tuple(indexer.shape),
+        indexer_class=type(indexer).__name__, settings=settings, grid_shape=(int(indexer.shape[0]), int(indexer.shape[1])),
         grid_chips=(indexer.x_size, indexer.y_size), chips_total=total, chips_kept=kept, chips_dropped=total - kept,
         content_hash=table_hash(table), explanation=explanation, checks=checks,
         gallery=gallery, gallery_error=gallery_error, gallery_uri=gallery_uri,

@@ -8,8 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import operator
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import pystac
 import shapely
@@ -51,7 +52,7 @@ class SearchParams:
             raise StacSourceError(f"bbox must have 4 numbers, got {self.bbox!r}")
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> "SearchParams":
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> SearchParams:
         values = dict(values or {})
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
@@ -260,7 +261,11 @@ def _matches(item: pystac.Item, params: SearchParams, box, interval) -> bool:
             return False
     if params.query and not _match_query(item, params.query):
         return False
-    return not (params.filter and not _match_cql2(item, params.filter))
+    if not params.filter:
+        return True
+    if isinstance(params.filter, str):  # CQL2 text goes to the server; nothing to match here
+        return True
+    return _match_cql2(item, params.filter)
 
 
 def filter_items(items: Iterable[pystac.Item], params: SearchParams, report: SourceReport | None = None) -> list[pystac.Item]:

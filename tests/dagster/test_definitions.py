@@ -66,6 +66,7 @@ def test_checks(defs):
         ("combined_index", "row_count_equals_sum"),
         ("combined_index", "combined_geometries_valid"),
         ("combined_index", "all_indexed_items_combined"),
+        ("combined_index", "combined_holds_item_sets"),
     }
     # the per-item checks are inline: one step per run
     assert {k.name for k in defs.resolve_assets_def("chip_index").check_keys} == {

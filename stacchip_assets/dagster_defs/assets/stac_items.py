@@ -62,7 +62,7 @@ def build_stac_items(by_collection: dict[str, CollectionConfig], partitions_def)
         listing_uri = store.uri(store.item_set_key(config.collection))
         context.log.info("%s: %d items selected from %s", config.collection, len(items), stac_source.describe())
         result = item_set_result(config, summaries, report, stac_source.describe(), listing_uri, settings.to_dict())
-        return MaterializeResult(metadata={**result.metadata, **set_metadata}, data_version=result.data_version)
+        return MaterializeResult(metadata={**dict(result.metadata or {}), **set_metadata}, data_version=result.data_version)
 
     return stac_items
 
