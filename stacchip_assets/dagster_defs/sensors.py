@@ -122,7 +122,7 @@ def poll_new_items(
             counts[config.collection] = "deferred to the next tick"
             continue
         report = SourceReport()
-        incremental = storage is not None and storage.exists(storage.item_set_key(config.collection))
+        incremental = _has_item_set(storage, config.collection, reports)
         params = config.search
         if incremental and params.selection != SELECTION_ALL:
             params = dataclasses.replace(params, selection=SELECTION_ALL, max_items=None)
@@ -158,6 +158,19 @@ def existing_partitions(instance, keys: list[str]) -> set[str]:
     if lookup is not None:
         return set(lookup(ITEM_PARTITIONS_NAME, keys))
     return set(instance.get_dynamic_partitions(ITEM_PARTITIONS_NAME)) & set(keys)
+
+
+def _has_item_set(storage: Storage | None, collection: str, reports: dict[str, list[str]]) -> bool:
+    """Whether `collection` has a stored item set (then it is polled incrementally). Storage that cannot
+    be read is no reason to fail the tick: the collection is polled with its rule, the problem is
+    reported, and the runs then name it (a chip_index run needs that storage anyway)."""
+    if storage is None:
+        return False
+    try:
+        return storage.exists(storage.item_set_key(collection))
+    except StacchipError as exc:
+        reports.setdefault(collection, []).append(f"item set not read, polled with its rule: {exc}"[:500])
+        return False
 
 
 def item_set_storage(storage: StorageResource | None) -> Storage | None:

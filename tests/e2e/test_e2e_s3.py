@@ -36,6 +36,13 @@ def _name(request, prefix: str) -> str:
     return f"{prefix}-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
 
 
+@pytest.fixture(autouse=True)
+def one_item_per_run(monkeypatch):
+    """These tests follow each item's own run; batched runs (the default,
+    STACCHIP_BACKFILL_PARTITIONS_PER_RUN=100) are tested in tests/e2e/test_ingest_batching.py."""
+    monkeypatch.setenv("STACCHIP_BACKFILL_PARTITIONS_PER_RUN", "1")
+
+
 @pytest.fixture()
 def buckets(request, s3_server):
     """Two fresh buckets: COGs and the storage base."""
