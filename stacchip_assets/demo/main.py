@@ -193,7 +193,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"failed checks: {', '.join(failed_checks)}")
     if failures:
         print(f"FAILED: {', '.join(failures)}")
-    workspace = Path(__file__).resolve().parents[2] / "workspace.yaml"  # the repository's, in a source checkout
+    workspace = Path.cwd() / "workspace.yaml"  # the repository's, when run from its root as the README says
     print(f"done in {elapsed:.1f} s; browse it: cd {home} && DAGSTER_HOME=$PWD dg dev -w "
           f"{workspace if workspace.exists() else 'workspace.yaml'}")
     return 1 if failures or failed_checks else 0

@@ -8,14 +8,15 @@ import dataclasses
 import importlib
 import inspect
 import re
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from stacchip_assets.dagster_defs.dagster_internals import PRIVATE_NAMES
 
-PACKAGE = Path(__file__).resolve().parents[2] / "stacchip_assets"
+from tests.conftest import PROJECT
+
+PACKAGE = PROJECT / "stacchip_assets"
 
 
 @pytest.mark.parametrize("module, name, expected", PRIVATE_NAMES, ids=[n for _, n, _ in PRIVATE_NAMES])

@@ -18,12 +18,13 @@ import pytest
 from stacchip_assets.dagster_defs import ITEM_PARTITIONS_NAME, item_partition_key
 from stacchip_assets.dagster_defs.batching import RANGE_END_TAG, RANGE_START_TAG
 
+from tests.conftest import PROJECT
 from tests.e2e.test_ingest_batching import NAIP, naip_catalog
 from tests.support.dagster_support import shared_sample
 from tests.support.servers import free_port, stop_process_group
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT
 
 
 def _env(**extra: str) -> dict[str, str]:
