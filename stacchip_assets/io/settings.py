@@ -22,7 +22,7 @@ from stacchip_assets.errors import StacchipError
 
 __all__ = [
     "BACKFILL_PARTITIONS_PER_RUN_ENV", "COLLECTIONS_ENV", "COMBINED_FRESHNESS_ENV", "COLLECTIONS_FILE_ENV", "COMBINED_INTERVAL_ENV",
-    "DASK_SCHEDULER_ENV", "EXECUTOR_ENV", "RESOURCE_ENV", "SAMPLE_DIR_ENV", "SENSOR_INTERVAL_ENV",
+    "DASK_SCHEDULER_ENV", "EXECUTOR_ENV", "RESOURCE_ENV", "RETRY_DELAY_ENV", "SAMPLE_DIR_ENV", "SENSOR_INTERVAL_ENV",
     "STORAGE_BASE_ENV", "Settings", "default_base", "default_sample_dir", "load_settings", "read_limits",
 ]
 
@@ -35,6 +35,7 @@ COMBINED_INTERVAL_ENV = "STACCHIP_COMBINED_INTERVAL_SECONDS"
 BACKFILL_PARTITIONS_PER_RUN_ENV = "STACCHIP_BACKFILL_PARTITIONS_PER_RUN"
 COMBINED_FRESHNESS_ENV = "STACCHIP_COMBINED_FRESHNESS_HOURS"
 DASK_SCHEDULER_ENV = "STACCHIP_DASK_SCHEDULER"
+RETRY_DELAY_ENV = "STACCHIP_RETRY_DELAY_SECONDS"
 SAMPLE_DIR_ENV = "STACCHIP_SAMPLE_DIR"
 
 #: Resource fields bound to a variable: resource key -> field -> (variable, kind). "str"/"int" fields are
@@ -79,6 +80,7 @@ class Settings:
     combined_interval_seconds: int = 30
     backfill_partitions_per_run: int = 100
     combined_freshness_hours: float = 24.0
+    retry_delay_seconds: float = 5.0
     dask_scheduler: str | None = None
     storage_base: str | None = None
     dagster_home: str | None = None
@@ -121,6 +123,17 @@ def _hours(environ: Mapping[str, str], name: str, default: float) -> float:
         value = 0.0
     if not value > 0 or value == float("inf"):
         raise StacchipError(f"{name} must be a positive number of hours, got {raw!r}")
+    return value
+
+
+def _delay(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise StacchipError(f"{name} must be a number of seconds (0 or more), got {raw!r}")
     return value
 
 
@@ -174,6 +187,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         combined_interval_seconds=_seconds(environ, COMBINED_INTERVAL_ENV, 30),
         backfill_partitions_per_run=_at_least_one(environ, BACKFILL_PARTITIONS_PER_RUN_ENV, 100),
         combined_freshness_hours=_hours(environ, COMBINED_FRESHNESS_ENV, 24.0),
+        retry_delay_seconds=_delay(environ, RETRY_DELAY_ENV, 5.0),
         dask_scheduler=environ.get(DASK_SCHEDULER_ENV) or None,
         storage_base=environ.get(STORAGE_BASE_ENV) or None,
         dagster_home=environ.get("DAGSTER_HOME") or None,

@@ -35,7 +35,7 @@ from stacchip_assets.io.storage import Storage
 
 from tests.conftest import PROJECT, require_servers
 from tests.support.cogs import write_cog
-from tests.support.dagster_support import QUIET
+from tests.support.dagster_support import QUIET, in_memory_instance
 
 COLLECTION = "synthetic-aerial"
 CHIP = 256
@@ -128,7 +128,7 @@ def small(tmp_path, monkeypatch):
     resources = {"stac_source": StacSourceResource(catalog_path=str(catalog)),
                  "storage": StorageResource(base=str(tmp_path / "base")), "chip_settings": ChipSettingsResource()}
     defs = build_definitions(load_collections(), resources=resources)
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         instance.add_dynamic_partitions(ITEM_PARTITIONS_NAME, partition_keys(grid))
         yield {"grid": grid, "catalog": catalog, "base": tmp_path / "base", "defs": defs, "instance": instance,
                "resources": resources, "assets": {a.key.to_user_string(): a for a in defs.assets}}

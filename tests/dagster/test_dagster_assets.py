@@ -26,6 +26,7 @@ from tests.support.dagster_support import (
     Graph,
     copy_catalog,
     edit_item,
+    in_memory_instance,
     index_everything,
     item_json_path,
     shared_sample,
@@ -68,7 +69,7 @@ def full(sample_graph):
 @pytest.fixture()
 def fresh(tmp_path, tmp_path_factory):
     catalog = copy_catalog(shared_sample(tmp_path_factory), tmp_path / "catalog")
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         yield Graph(catalog, tmp_path / "base", instance)
 
 

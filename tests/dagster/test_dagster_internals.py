@@ -15,6 +15,7 @@ import pytest
 from stacchip_assets.dagster_defs.dagster_internals import PRIVATE_NAMES
 
 from tests.conftest import PROJECT
+from tests.support.dagster_support import in_memory_instance
 
 PACKAGE = PROJECT / "stacchip_assets"
 
@@ -58,7 +59,7 @@ def test_the_tags_we_build_are_those_dagster_puts_on_a_materialization():
         built.update(provenance_tags(context, dg.AssetKey("downstream"), "3"))
         return upstream
 
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         assert dg.materialize([upstream, downstream], instance=instance).success
         tags = instance.get_latest_materialization_event(dg.AssetKey("downstream")).asset_materialization.tags
     expected = {k: v for k, v in tags.items() if k != "dagster/data_version"}

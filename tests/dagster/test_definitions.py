@@ -153,3 +153,25 @@ def test_dagster_cli_validates_the_workspace(tmp_path, with_home):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Validation successful" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("value", "delay"), [(None, 5.0), ("0", 0.0), ("2.5", 2.5)])
+def test_the_retry_delay_setting_reaches_the_retry_policy(monkeypatch, value, delay):
+    """STACCHIP_RETRY_DELAY_SECONDS: the first retry's delay of chip_index (then doubled), default 5 s."""
+    from stacchip_assets.dagster_defs import build_definitions
+
+    if value is None:
+        monkeypatch.delenv("STACCHIP_RETRY_DELAY_SECONDS", raising=False)
+    else:
+        monkeypatch.setenv("STACCHIP_RETRY_DELAY_SECONDS", value)
+    policy = build_definitions(collections=[]).resolve_assets_def("chip_index").node_def.retry_policy
+    assert (policy.max_retries, policy.delay, policy.backoff) == (2, delay, dg.Backoff.EXPONENTIAL)
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "inf"])
+def test_a_bad_retry_delay_is_named(monkeypatch, value):
+    from stacchip_assets.dagster_defs import build_definitions
+
+    monkeypatch.setenv("STACCHIP_RETRY_DELAY_SECONDS", value)
+    with pytest.raises(StacchipError, match=f"STACCHIP_RETRY_DELAY_SECONDS must be a number of seconds \\(0 or more\\), got '{value}'"):
+        build_definitions(collections=[])

@@ -31,7 +31,7 @@ from stacchip_assets.index.set_rule import ADD, REMOVE, REPLACE, WAIT, enforce, 
 from stacchip_assets.io.stac_source import SearchParams, StaticCatalogSource
 from stacchip_assets.io.storage import Storage
 
-from tests.support.dagster_support import copy_catalog
+from tests.support.dagster_support import copy_catalog, in_memory_instance
 
 S2 = "sentinel-2-l2a"
 OLD, UEQ, CLOUDY = "S2B_31UDQ_20230704_0_L2A", "S2B_31UEQ_20230704_0_L2A", "S2A_31UDQ_20230826_0_L2A"
@@ -309,7 +309,7 @@ class Flow:
 @pytest.fixture()
 def static_flow(sample_catalog, tmp_path):
     catalog = copy_catalog(sample_catalog, tmp_path / "catalog")
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         yield Flow(StacSourceResource(catalog_path=str(catalog)), tmp_path / "base", instance), catalog
 
 
@@ -389,7 +389,7 @@ def test_pgstac_better_item_withdrawn_and_republished(stac_api, cog_server, samp
     try:
         for item_id in (OLD, CLOUDY, UEQ):
             stac_api.post_item(body(item_id))
-        with dg.instance_for_test() as instance:
+        with in_memory_instance() as instance:
             flow = Flow(StacSourceResource(api_url=stac_api.url, page_size=2, timeout_seconds=10), tmp_path / "base",
                         instance, s2=collection, landsat=False)
             flow.item_sets()

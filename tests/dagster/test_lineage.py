@@ -14,7 +14,7 @@ from PIL import Image
 from stacchip_assets.io.geoparquet import INDEX_SCHEMA
 from stacchip_assets.io.storage import Storage
 
-from tests.support.dagster_support import QUIET, Graph, copy_catalog, shared_sample
+from tests.support.dagster_support import QUIET, Graph, copy_catalog, in_memory_instance, shared_sample
 
 S2 = "sentinel-2-l2a"
 KEYS = [f"{S2}/S2B_31UDQ_20230704_0_L2A", "naip/me_m_4406901_ne_19_060_20211006"]
@@ -25,7 +25,7 @@ INDEX_COLUMNS = [f.name for f in INDEX_SCHEMA]
 def graph(tmp_path_factory):
     root = tmp_path_factory.mktemp("lineage")
     catalog = copy_catalog(shared_sample(tmp_path_factory), root / "catalog")
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         g = Graph(catalog, root / "base", instance)
         g.add_partitions(KEYS)
         for key in KEYS:

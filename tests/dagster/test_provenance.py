@@ -10,7 +10,14 @@ from stacchip_assets.errors import StacchipError
 from stacchip_assets.index.provenance import ChipNotFoundError, chip_provenance, split_chipid
 from stacchip_assets.io.storage import Storage
 
-from tests.support.dagster_support import Graph, copy_catalog, edit_item, item_json_path, shared_sample
+from tests.support.dagster_support import (
+    Graph,
+    copy_catalog,
+    edit_item,
+    in_memory_instance,
+    item_json_path,
+    shared_sample,
+)
 
 S2 = "sentinel-2-l2a"
 ITEM = "S2B_31UDQ_20230704_0_L2A"
@@ -27,7 +34,7 @@ def materializations(graph: Graph, partition: str) -> list[dg.AssetMaterializati
 @pytest.fixture()
 def graph(tmp_path, tmp_path_factory):
     catalog = copy_catalog(shared_sample(tmp_path_factory), tmp_path / "catalog")
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         g = Graph(catalog, tmp_path / "base", instance)
         g.add_partitions(KEYS)
         for key in KEYS:

@@ -35,6 +35,7 @@ from tests.support.dagster_support import (
     add_item_copy,
     copy_catalog,
     edit_item,
+    in_memory_instance,
     item_json_path,
     shared_sample,
 )
@@ -57,7 +58,7 @@ def catalog(tmp_path, tmp_path_factory):
 
 @pytest.fixture()
 def graph(catalog, tmp_path):
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         yield Graph(catalog, tmp_path / "base", instance)
 
 
@@ -229,7 +230,7 @@ def test_sensor_against_a_stac_api(catalog, tmp_path, api_url):
     stac = StacSourceResource(api_url=api_url, page_size=1, max_items_per_tick=2, allowed_local_roots=[str(catalog.parent)])
     defs = build_definitions([config], resources={"stac_source": stac})
     sensor = next(s for s in defs.sensors if s.name == "stac_item_sensor")
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         def run(cursor):
             context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
                                               resources={"stac_source": stac})

@@ -34,6 +34,7 @@ from stacchip_assets.io.stac_source import (
     canonical_time,
 )
 
+from tests.support.dagster_support import in_memory_instance
 from tests.support.fault_proxy import fault_proxy
 from tests.support.servers import load_items, synthetic_collection, synthetic_item
 
@@ -202,7 +203,7 @@ def static_defs(catalog: Path, base: Path):
 def test_static_catalog_sensor_requests_the_good_items_and_reports_the_bad(static_catalog, tmp_path):
     catalog, good, no_updated = static_catalog
     defs, resources = static_defs(catalog, tmp_path / "base")
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         first = sensor_tick(defs, instance, resources, None)
         keys = {r.partition_key for r in first.run_requests}
         assert keys == {item_partition_key(STATIC, i["id"]) for i in good + [no_updated]}
@@ -234,7 +235,7 @@ def test_missing_updated_never_moves_the_cursor_past_later_items(tmp_path):
     no_updated = poison(STATIC, "no-updated", 40, updated=None, datetime="2024-06-01T00:00:00Z")
     catalog = write_static_catalog(tmp_path / "catalog", STATIC, good, {no_updated["id"]: no_updated})
     defs, resources = static_defs(catalog, tmp_path / "base")
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         first = sensor_tick(defs, instance, resources, None)
         assert len(first.run_requests) == 4
         assert parse_cursor(first.cursor)[STATIC] == (canonical_time(good[-1]["properties"]["updated"]), good[-1]["id"])
@@ -296,7 +297,7 @@ def test_pgstac_sensor_requests_all_500_good_items_and_reports_the_poisoned_ones
     """Acceptance 3 of issue 11: poisoned items among 500 good ones on pgstac."""
     good, bad = poisoned_api
     defs, resources = api_setup(stac_api.url, tmp_path)
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         requests, cursors = ticks_until_quiet(defs, instance, resources)
     keys = [r.partition_key for r in requests]
     assert sorted(keys) == sorted(item_partition_key(API, i["id"]) for i in good)  # each once
@@ -334,7 +335,7 @@ def test_a_looping_next_link_is_stopped(stac_api, poisoned_api, tmp_path):
         assert [p.position for p in polled] == ordered[: len(polled)]
 
         defs, resources = api_setup(proxy.url, tmp_path, cap=1000, page_size=100)
-        with dg.instance_for_test() as instance:
+        with in_memory_instance() as instance:
             before = proxy.stats()["requests"]
             requests, cursors = ticks_until_quiet(defs, instance, resources)
         assert sorted(r.partition_key for r in requests) == sorted(item_partition_key(API, i["id"]) for i in good)
@@ -350,7 +351,7 @@ def test_a_cursor_left_in_the_future_is_reported(tmp_path):
     catalog = write_static_catalog(tmp_path / "catalog", STATIC, good_items(STATIC, 2), {})
     defs, resources = static_defs(catalog, tmp_path / "base")
     stale = dump_cursor({STATIC: ("2999-01-01T00:00:00.000000Z", "old")})
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         result = sensor_tick(defs, instance, resources, stale)
     assert not result.run_requests
     assert any("lies in the future" in line and "reset" in line for line in cursor_reports(result.cursor)[STATIC])

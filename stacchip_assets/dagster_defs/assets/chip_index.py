@@ -113,7 +113,9 @@ def build_chip_index(by_collection: dict[str, CollectionConfig], settings: Setti
             deps=[AssetDep(STAC_ITEMS_KEY, partition_mapping=AllPartitionMapping())],
             check_specs=check_specs,
             code_version=CHIP_INDEX_CODE_VERSION,
-            retry_policy=RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL),
+            # transient errors only (see common.failure); first delay STACCHIP_RETRY_DELAY_SECONDS (5), then doubled
+            retry_policy=RetryPolicy(max_retries=2, delay=(load_settings() if settings is None else settings)
+                                     .retry_delay_seconds, backoff=Backoff.EXPONENTIAL),
             backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=backfill_partitions_per_run(settings)),
             output_required=False,  # a batch reports its partitions as events (see batch.index_batch)
             pool=INDEX_POOL,

@@ -139,11 +139,11 @@ def update_combined_index(context: AssetExecutionContext, config: CombinedIndexC
     item_sets_cursor = newest_item_sets(context.instance)  # read first: a set changed later is the next run's
     if config.full_rebuild:
         _, last = changed_items_since(context.instance, None)
-        outcome = combined_state.rebuild(combined, store, state, last, context.run_id)
+        outcome = combined_state.rebuild(combined, store, state, last, context.run.run_id)
     else:
         changed, last = changed_items_since(context.instance, state.get("event_cursor"))
         items = [split_item_partition_key(k) for k in sorted(changed)]
-        outcome = combined_state.update_incremental(combined, state, items, changed, last, context.run_id)
+        outcome = combined_state.update_incremental(combined, state, items, changed, last, context.run.run_id)
     state["item_sets_cursor"] = item_sets_cursor
     for observation in removal_observations(outcome.plan):  # the chip_index partitions of removed items say so
         context.log_event(observation)

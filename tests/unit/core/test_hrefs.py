@@ -9,6 +9,8 @@ import pytest
 from stacchip_assets.errors import HrefPolicyError, StacchipError
 from stacchip_assets.io.local_files import HrefPolicy
 
+from tests.support.dagster_support import in_memory_instance
+
 
 @pytest.fixture
 def policy(tmp_path):
@@ -116,8 +118,6 @@ def test_a_chip_index_run_refuses_an_item_pointing_outside_the_catalog(tmp_path,
     """The code location's policy (default: http, https, s3 and the static catalog's folder)."""
     import json
 
-    import dagster as dg
-
     from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS
 
     from tests.support.dagster_support import Graph, copy_catalog, item_json_path, shared_sample
@@ -131,7 +131,7 @@ def test_a_chip_index_run_refuses_an_item_pointing_outside_the_catalog(tmp_path,
     data = json.loads(path.read_text())
     data["assets"]["qa_pixel"]["href"] = str(outside)
     path.write_text(json.dumps(data))
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         graph = Graph(catalog, tmp_path / "base", instance)
         graph.add_partitions([f"{collection}/{item_id}"])
         result = graph.index(f"{collection}/{item_id}", raise_on_error=False)
