@@ -32,7 +32,8 @@ def _temporaries_in_memory() -> None:
     if shutil.disk_usage(shm).free < 4 * 2**30:
         return
     folder = shm / f"stacchip-tests-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o1777)  # like /tmp: the PostgreSQL servers run as `postgres` under it
     os.environ["TMPDIR"] = str(folder)  # servers and subprocesses started by the tests too
     tempfile.tempdir = str(folder)
 

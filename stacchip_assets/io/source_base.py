@@ -6,12 +6,12 @@ Split from :mod:`.stac_source` (which re-exports every name here) to keep module
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import pystac
 
-from stacchip_assets.errors import InvalidItemError, StacSourceError
+from stacchip_assets.errors import InvalidItemError, StacchipError, StacSourceError
 from stacchip_assets.io.source_guards import SourceReport, canonical, item_time
 from stacchip_assets.io.stac_http import explain as _explain
 from stacchip_assets.io.stac_search import SearchParams
@@ -81,6 +81,17 @@ class StacSource:
 
     def get_item(self, collection: str, item_id: str) -> pystac.Item:
         raise NotImplementedError
+
+    def get_items(self, collection: str, item_ids: Sequence[str]) -> dict[str, pystac.Item | StacchipError]:
+        """Each id's item, or the error :meth:`get_item` raises for it (a batch run indexes the items it
+        can): here one `get_item` per id; a STAC API source fetches them with a few searches."""
+        found: dict[str, pystac.Item | StacchipError] = {}
+        for item_id in item_ids:
+            try:
+                found[item_id] = self.get_item(collection, item_id)
+            except StacchipError as exc:
+                found[item_id] = exc
+        return found
 
     def _error(self, what: str, exc: BaseException | str) -> StacSourceError:
         return StacSourceError(f"{self.name}: {what}: {_explain(exc)}")

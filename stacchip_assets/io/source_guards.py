@@ -172,8 +172,8 @@ def checked_item(data: Any, where: str, report: SourceReport, *, prop: str = "up
 def _light_item(data: Mapping[str, Any], href: str | None) -> pystac.Item | None:
     """The item built without copies or migration, else None (use the full path): for callers that
     keep only its id, collection and time (a poll), not the item."""
-    try:
-        return pystac.Item.from_dict(dict(data), href=href, migrate=False, preserve_dict=False)
+    try:  # without its links: building them was 40 % of a 10,000-item poll, and a poll never follows them
+        return pystac.Item.from_dict(dict(data, links=[]), href=href, migrate=False, preserve_dict=False)
     except Exception:  # noqa: BLE001 - the full path decides, and reports
         return None
 

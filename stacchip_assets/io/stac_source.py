@@ -45,7 +45,7 @@ from urllib.parse import quote
 import pystac
 
 from stacchip_assets.core.ids import validate_id
-from stacchip_assets.errors import StacSourceError
+from stacchip_assets.errors import StacchipError, StacSourceError
 from stacchip_assets.io.catalog_index import FileOutcome, index_for, indexed_items
 from stacchip_assets.io.source_base import (
     PolledItem,
@@ -443,6 +443,26 @@ class StacApiSource(StacSource):
             if item.id == item_id:
                 return item
         raise self._error(f"no item {item_id!r} in collection {collection!r}", _not_found(item_id, report))
+
+    def get_items(self, collection: str, item_ids: Sequence[str]) -> dict[str, pystac.Item | StacchipError]:
+        """A batch run's items, one search per `page_size` ids (a search per item cost more than indexing it on
+        pgstac). A missing id gets get_item's error; a failed search gives its error to each of its ids."""
+        found: dict[str, pystac.Item | StacchipError] = {}
+        ids = list(dict.fromkeys(item_ids))  # partition keys: their ids were validated when they were added
+        for start in range(0, len(ids), self.page_size):
+            chunk = ids[start:start + self.page_size]
+            report = SourceReport()
+            try:
+                for item, _ in self._search(collection, SearchParams(), report, ids=chunk):
+                    if item.id in chunk:
+                        found.setdefault(item.id, item)
+                    if all(i in found for i in chunk):
+                        break  # not the (empty) next page of a full one
+            except StacchipError as exc:
+                found.update({i: exc for i in chunk if i not in found})
+                continue
+            found.update({i: self._error(f"no item {i!r} in collection {collection!r}", _not_found(i, report)) for i in chunk if i not in found})
+        return found
 
 
 def open_source(api_url: str | None = None, catalog_path: str | os.PathLike | None = None, **api_options) -> StacSource:

@@ -168,3 +168,40 @@ def test_the_sensor_never_requests_an_item_twice_when_pages_repeat_items(stac_ap
     assert keys == [item_partition_key(name, i) for i in ids]  # each once, oldest first
     assert len({r.run_key for r in result.run_requests}) == N_ITEMS
     assert list(result.dynamic_partitions_requests[0].partition_keys) == keys
+
+
+# -- the items of a batch run, fetched together ----------------------------------------------------
+
+def test_a_batch_gets_its_items_with_one_search_per_page(stac_api, collection):
+    """`get_items`: every item get_item returns, with one search per `page_size` ids (counted by the
+    proxy in front of the API) instead of one per item; an id the API lacks gets get_item's error."""
+    name, ids = collection
+    wanted = ids[:5] + ["no-such-item"]
+    with fault_proxy(stac_api.url) as proxy:
+        source = StacApiSource(proxy.url, page_size=3)
+        source.get_items(name, ids[-1:])  # the client's first request(s): landing page, conformance
+        before = proxy.stats()["requests"]
+        found = source.get_items(name, wanted)
+        searches = proxy.stats()["requests"] - before
+    assert searches == 2  # 6 ids, pages of 3
+    reference = StacApiSource(stac_api.url)
+    def content(item):  # links name the proxy or the API
+        return {k: v for k, v in item.to_dict(transform_hrefs=False).items() if k != "links"}
+
+    for item_id in ids[:5]:
+        assert content(found[item_id]) == content(reference.get_item(name, item_id))
+    assert isinstance(found["no-such-item"], StacSourceError)
+    with pytest.raises(StacSourceError) as single:
+        reference.get_item(name, "no-such-item")
+    assert str(found["no-such-item"]).replace(proxy.url, stac_api.url) == str(single.value)
+
+
+def test_a_static_catalog_gets_a_batch_item_by_item(sample_catalog):
+    from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS
+
+    source = StaticCatalogSource(str(sample_catalog))
+    collection, ids = next(iter(SAMPLE_COLLECTIONS.items()))
+    found = source.get_items(collection, [*ids, "no-such-item"])
+    assert {i: found[i].to_dict(transform_hrefs=False) for i in ids} == {
+        i: source.get_item(collection, i).to_dict(transform_hrefs=False) for i in ids}
+    assert isinstance(found["no-such-item"], StacSourceError) and "no item 'no-such-item'" in str(found["no-such-item"])

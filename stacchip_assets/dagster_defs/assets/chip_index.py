@@ -35,6 +35,7 @@ from stacchip_assets.dagster_defs.assets.common import (
     INDEX_POOL,
     STAC_ITEMS_KEY,
     failure,
+    item_partition_key,
     item_partitions,
     split_item_partition_key,
 )
@@ -58,10 +59,26 @@ def backfill_partitions_per_run(settings: Settings | None = None) -> int:
 
 def partition_indexer(context: AssetExecutionContext, by_collection: dict[str, CollectionConfig],
                       stac_source: StacSourceResource, storage: StorageResource,
-                      chip_settings: ChipSettingsResource) -> Callable[[str], ItemIndexResult]:
+                      chip_settings: ChipSettingsResource, keys: list[str] | None = None) -> Callable[[str], ItemIndexResult]:
     """A function indexing the item of one partition (raises StacchipError); the STAC source,
-    the storage and the href policy are opened once for all the partitions of a run."""
+    the storage and the href policy are opened once for all the partitions of a run, and the items of
+    `keys` (a batch) are fetched up front, a few searches for all (`StacSource.get_items`)."""
     source, store, policy = stac_source.source(), storage.storage(), stac_source.href_policy()
+    fetched: dict[str, Any] = {}
+    by_source: dict[str, list[str]] = {}
+    for key in keys or []:
+        collection, item_id = split_item_partition_key(key)
+        by_source.setdefault(collection, []).append(item_id)
+    for collection, item_ids in by_source.items():
+        try:
+            items = source.get_items(collection, item_ids)
+        except Exception as exc:  # noqa: BLE001 - each item is then fetched (and fails, named) on its own
+            context.log.warning("fetching the %d items of %r at once failed, one by one instead: %s",
+                                len(item_ids), collection, exc)
+            continue
+        fetched.update({item_partition_key(collection, i): item for i, item in items.items()})
+    if fetched:
+        context.log.info("fetched %d items from %s", len(fetched), stac_source.describe())
 
     def index_partition(key: str) -> ItemIndexResult:
         collection, item_id = split_item_partition_key(key)
@@ -69,7 +86,9 @@ def partition_indexer(context: AssetExecutionContext, by_collection: dict[str, C
         if config is None:
             context.log.warning("collection %r is not configured any more: default chip settings", collection)
         settings = chip_settings.for_collection(config)
-        item = source.get_item(collection, item_id)
+        item = fetched.pop(key, None) or source.get_item(collection, item_id)
+        if isinstance(item, StacchipError):
+            raise item
         with storage.gdal_env():  # GDAL settings, S3 endpoint/credentials and href signer of the resource
             return index_item(item, store, settings, collection=collection, href_policy=policy)
 
@@ -138,7 +157,7 @@ def build_chip_index(by_collection: dict[str, CollectionConfig], settings: Setti
             # check results without their partition, so the batch path reports them itself)
             if context.has_partition_key_range or len(keys) > 1:
                 try:
-                    index_one = partition_indexer(context, by_collection, stac_source, storage, chip_settings)
+                    index_one = partition_indexer(context, by_collection, stac_source, storage, chip_settings, keys)
                 except StacchipError as exc:
                     raise failure(exc, f"opening the STAC source and storage for {len(keys)} partitions") from exc
                 yield from index_batch(context, keys, index_one, stac_source.describe(), storage.image_url_prefix)
