@@ -445,23 +445,23 @@ class StacApiSource(StacSource):
         raise self._error(f"no item {item_id!r} in collection {collection!r}", _not_found(item_id, report))
 
     def get_items(self, collection: str, item_ids: Sequence[str]) -> dict[str, pystac.Item | StacchipError]:
-        """A batch run's items, one search per `page_size` ids (a search per item cost more than indexing it on
-        pgstac). A missing id gets get_item's error; a failed search gives its error to each of its ids."""
+        """A batch run's items by one search per `page_size` ids; a missing id gets get_item's error."""
         found: dict[str, pystac.Item | StacchipError] = {}
-        ids = list(dict.fromkeys(item_ids))  # partition keys: their ids were validated when they were added
+        ids = list(dict.fromkeys(item_ids))  # sent in the search body; only items with a requested id are kept
         for start in range(0, len(ids), self.page_size):
-            chunk = ids[start:start + self.page_size]
-            report = SourceReport()
+            chunk, report = ids[start:start + self.page_size], SourceReport()
+            missing = set(chunk)
             try:
                 for item, _ in self._search(collection, SearchParams(), report, ids=chunk):
-                    if item.id in chunk:
-                        found.setdefault(item.id, item)
-                    if all(i in found for i in chunk):
+                    if item.id in missing:
+                        found[item.id] = item
+                        missing.discard(item.id)
+                    if not missing:
                         break  # not the (empty) next page of a full one
             except StacchipError as exc:
-                found.update({i: exc for i in chunk if i not in found})
+                found.update(dict.fromkeys(missing, exc))
                 continue
-            found.update({i: self._error(f"no item {i!r} in collection {collection!r}", _not_found(i, report)) for i in chunk if i not in found})
+            found.update({i: self._error(f"no item {i!r} in collection {collection!r}", _not_found(i, report)) for i in missing})
         return found
 
 

@@ -65,11 +65,11 @@ def partition_indexer(context: AssetExecutionContext, by_collection: dict[str, C
     `keys` (a batch) are fetched up front, a few searches for all (`StacSource.get_items`)."""
     source, store, policy = stac_source.source(), storage.storage(), stac_source.href_policy()
     fetched: dict[str, Any] = {}
-    by_source: dict[str, list[str]] = {}
+    ids_of: dict[str, list[str]] = {}
     for key in keys or []:
         collection, item_id = split_item_partition_key(key)
-        by_source.setdefault(collection, []).append(item_id)
-    for collection, item_ids in by_source.items():
+        ids_of.setdefault(collection, []).append(item_id)
+    for collection, item_ids in ids_of.items():
         try:
             items = source.get_items(collection, item_ids)
         except Exception as exc:  # noqa: BLE001 - each item is then fetched (and fails, named) on its own
