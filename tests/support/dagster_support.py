@@ -22,6 +22,7 @@ from stacchip_assets.dagster_defs import (
     build_definitions,
     item_partition_key,
 )
+from stacchip_assets.dagster_defs.batching import RANGE_END_TAG, RANGE_START_TAG
 from stacchip_assets.dagster_defs.checks import combined_index_checks
 from stacchip_assets.demo.sample_data import SAMPLE_COLLECTIONS, ensure_sample_catalog
 
@@ -133,8 +134,7 @@ def index_everything(graph: Graph) -> None:
     instead of one per item keeps the tests that start from a fresh graph fast."""
     graph.add_partitions()
     result = dg.materialize([graph.assets["chip_index"]], instance=graph.instance, resources=graph.resources,
-                            run_config=QUIET, tags={"dagster/asset_partition_range_start": ALL_KEYS[0],
-                                                    "dagster/asset_partition_range_end": ALL_KEYS[-1]})
+                            run_config=QUIET, tags={RANGE_START_TAG: ALL_KEYS[0], RANGE_END_TAG: ALL_KEYS[-1]})
     assert result.success
     assert {e.partition for e in result.get_asset_materialization_events()} == set(ALL_KEYS)
     assert graph.combine().success
