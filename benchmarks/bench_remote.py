@@ -170,6 +170,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(answer.status, body, [(k, v) for k, v in answer.getheaders() if k.lower() not in skip])
 
 
+class _ThreadingServer(http.server.ThreadingHTTPServer):
+    # The listen backlog is set in __init__ (socketserver's default is 5): with 32 connections opened
+    # at once, the SYNs beyond the backlog were dropped and those connections waited 1 s to retry.
+    request_queue_size = 256
+    daemon_threads = True
+
+
 def serve(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="bench_remote.py _serve")
     p.add_argument("--root")
@@ -179,9 +186,7 @@ def serve(argv: list[str]) -> None:
     a = p.parse_args(argv)
     link = _Link(a.latency_ms / 1000.0, a.bandwidth_mbps * 1e6 / 8)
     handler = type("Handler", (_Handler,), {"link": link, "root": a.root, "upstream": a.upstream})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    server.request_queue_size = 256
+    server = _ThreadingServer(("127.0.0.1", 0), handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()
 

@@ -28,7 +28,7 @@ from stacchip_assets.errors import AssetGridError, StacchipError
 from stacchip_assets.index.chip_indexer import ChipIndexer
 from stacchip_assets.io.local_files import HrefPolicy
 from stacchip_assets.io.raster import read_window
-from stacchip_assets.io.remote_raster import open_asset  # http(s)/s3 COGs: range reader; else GDAL
+from stacchip_assets.io.remote_raster import open_asset, prefetch_headers  # http(s)/s3 COGs: range reader; else GDAL
 from stacchip_assets.io.settings import read_limits
 
 log = logging.getLogger(__name__)
@@ -208,11 +208,13 @@ class Chipper:
         self._after_fork()
         reader = self._readers.get(key)
         if reader is None:
-            href = asset_href(self.indexer.item, key, self.mountpath, policy=self.indexer.href_policy)
             # The href was checked before the mountpath mapping; the mapped file must stay inside mountpath.
             policy = HrefPolicy(local_roots=(str(self.mountpath),)) if self.mountpath else self.indexer.href_policy
-            reader = self._readers[key] = AssetChipReader(self.indexer, key, href, policy, self.limits)
+            reader = self._readers[key] = AssetChipReader(self.indexer, key, self._href(key), policy, self.limits)
         return reader
+
+    def _href(self, key: str) -> str:
+        return asset_href(self.indexer.item, key, self.mountpath, policy=self.indexer.href_policy)
 
     def close(self) -> None:
         """Close every open dataset."""
@@ -251,6 +253,8 @@ class Chipper:
             )
         col_offs, row_offs = grid.pixel_offsets(xs, ys)
         self._after_fork()
+        # Remote headers not read yet: all at once (one round trip in all, not one per asset).
+        prefetch_headers([self._href(key) for key in self.asset_keys if key not in self._readers])
         readers = [self.reader(key) for key in self.asset_keys]
         workers = min(len(readers), os.cpu_count() or 1)
         if any(hasattr(r.dataset, "read_windows") for r in readers):

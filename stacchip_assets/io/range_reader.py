@@ -11,41 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import logging
+import http.client
 import os
 import re
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from urllib.parse import unquote, urlparse
-
-import urllib3
-
-from stacchip_assets.io.raster import RedactCredentials
-
-
-class _RedactRequestLines(RedactCredentials):
-    """urllib3 logs request lines (``"GET /path?sig=... HTTP/1.1"``, signed URLs) at DEBUG: drop
-    their query strings, then redact as rio does for rasterio's loggers."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:
-            return True
-        clean = re.sub(r'("[A-Z]+ [^\s?"]*)\?[^\s"]*', r"\1", message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return super().filter(record)
-
-
-#: Filters are not inherited: each urllib3 logger gets it.
-_REDACT = _RedactRequestLines()
-for _name in ("urllib3", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.connection", "urllib3.util.retry",
-              "urllib3.response"):
-    logging.getLogger(_name).addFilter(_REDACT)
+from urllib.parse import unquote, urljoin, urlparse, urlsplit
 
 #: Range requests served by each thread pool (process-wide, recreated after fork).
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
@@ -171,26 +146,23 @@ class RangeSource:
         self.scheme = parsed.scheme.lower()
         if self.scheme not in ("http", "https", "s3"):
             raise ValueError(f"not an http(s) or s3 URL: {parsed.scheme}")
-        self._http = _http_pool(config)
         self._target = url
         if self.scheme == "s3":
             self._bucket, self._key = parsed.netloc, unquote(parsed.path.lstrip("/"))
-            self._client = _s3_client(config)
             self._presigned_at: float = -PRESIGN_SECONDS
             self._presign()
 
     def _presign(self) -> None:
         """S3 objects are read with plain range GETs on a presigned URL (SigV4 in the query, signed
-        once per object and again before it expires): botocore's per-request machinery costs
-        milliseconds of CPU under the GIL per range, the presigned GET does not."""
+        once per object and again before it expires): a boto3 request costs milliseconds of CPU
+        under the GIL per range, the presigned GET does not."""
         if time.monotonic() - self._presigned_at < PRESIGN_SECONDS * 0.8:
             return
         with self._lock:
-            self._target = self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": self._bucket, "Key": self._key}, ExpiresIn=PRESIGN_SECONDS)
+            self._target = presign_s3_get(self._bucket, self._key, self.config.gdal_options)
             self._presigned_at = time.monotonic()
 
-    def get(self, offset: int, length: int, *, allow_short: bool = False) -> bytes:
+    def get(self, offset: int, length: int, *, allow_short: bool = False) -> bytes | bytearray:
         """Bytes [offset, offset + length); RangeError unless all arrive (or `allow_short`: up to EOF)."""
         if self.scheme == "s3":
             self._presign()
@@ -204,26 +176,65 @@ class RangeSource:
             raise RangeError(f"truncated: bytes {offset}-{offset + length - 1} requested, {len(data)} received")
         return data
 
-    def _get_http(self, offset: int, length: int) -> bytes:
-        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
-        try:
-            response = self._http.request("GET", self._target, headers=headers, preload_content=False)
+    def _get_http(self, offset: int, length: int) -> bytes | bytearray:
+        """One range GET on this thread's kept-alive connection (see :func:`_connection`): retries
+        connection failures and 429/5xx answers, follows redirects, never retries a read that
+        started (a stalled server fails after `read_timeout`)."""
+        config, url = self.config, self._target
+        attempt = redirects = 0
+        while True:
+            parts = urlsplit(url)
+            conn = _connection(parts.scheme, parts.netloc, config)
+            reused = conn.sock is not None
             try:
-                if response.status == 200:  # the server ignored Range: read up to our end, drop the rest
-                    return response.read(offset + length)[offset:]
-                if response.status == 416:
+                if conn.sock is None:
+                    conn.timeout = config.connect_timeout
+                    conn.connect()
+            except OSError as exc:
+                conn.close()
+                if attempt < config.retries:
+                    attempt += 1
+                    time.sleep(_backoff(attempt))
+                    continue
+                raise RangeError(_describe(exc, config)) from exc
+            try:
+                conn.sock.settimeout(config.read_timeout)
+                conn.putrequest("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                                skip_accept_encoding=True)
+                conn.putheader("Range", f"bytes={offset}-{offset + length - 1}")
+                conn.endheaders()
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if reused and isinstance(exc, _STALE):  # the server had closed the idle connection
+                    continue
+                raise RangeError(_describe(exc, config)) from exc
+            status = response.status
+            try:
+                if status == 206:
+                    return _read_body(response, length)
+                if status == 200:  # the server ignored Range: read up to our end, drop the rest
+                    data = _read_body(response, offset + length)[offset:]
+                    conn.close()  # the unread remainder: not worth downloading
+                    return data
+                if status in _REDIRECTS and response.getheader("Location") and redirects < 3:
+                    response.read()
+                    url, redirects = urljoin(url, response.getheader("Location")), redirects + 1
+                    continue
+                if status in _RETRY_STATUS and attempt < config.retries:
+                    response.read()
+                    attempt += 1
+                    time.sleep(_backoff(attempt, response.getheader("Retry-After"), config.read_timeout))
+                    continue
+                if status == 416:
+                    response.read()
                     return b""
-                if response.status != 206:
-                    raise RangeError(self._status_error(response))
-                data = response.read()
-            finally:
-                if response.status == 200:
-                    response.close()  # the unread remainder: not worth downloading
-                else:
-                    response.release_conn()
-        except urllib3.exceptions.HTTPError as exc:
-            raise RangeError(_describe_urllib3(exc, self.config)) from exc
-        return data
+                message = self._status_error(response)
+                conn.close()
+                raise RangeError(message)
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise RangeError(_describe(exc, config)) from exc
 
     def _status_error(self, response) -> str:
         """`HTTP 404 Not Found`, or for S3 `S3 404 NoSuchKey: <message>` (from the XML error body)."""
@@ -236,67 +247,126 @@ class RangeSource:
                 + (f": {message.group(1)}" if message else "")).strip()
 
 
-def _describe_urllib3(exc: Exception, config: RemoteReadConfig) -> str:
-    reason = getattr(exc, "reason", None) or exc
-    text = f"{type(reason).__name__}: {reason}"
-    if "timed out" in text.lower() or "Timeout" in type(reason).__name__:
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Errors of a request on a kept-alive connection that the server closed while it was idle.
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_local = threading.local()
+_ssl_context: ssl.SSLContext | None = None
+
+
+def _connection(scheme: str, netloc: str, config: RemoteReadConfig) -> http.client.HTTPConnection:
+    """This thread's kept-alive connection to `netloc`.
+
+    Each request thread owns its connections (at most `max_in_flight` per host), so there is no
+    shared pool to lock: with 32 threads on a few cores, urllib3's pool queue and its per-request
+    bookkeeping were a third of the client's CPU per range. http.client is the standard library's.
+    """
+    global _ssl_context
+    if getattr(_local, "pid", None) != os.getpid():  # a forked child: its own sockets
+        _local.pid, _local.conns = os.getpid(), {}
+    conn = _local.conns.get((scheme, netloc))
+    if conn is None:
+        if scheme == "https":
+            if _ssl_context is None:
+                _ssl_context = ssl.create_default_context()  # system CAs; honours SSL_CERT_FILE
+            conn = http.client.HTTPSConnection(netloc, timeout=config.connect_timeout, context=_ssl_context)
+        else:
+            conn = http.client.HTTPConnection(netloc, timeout=config.connect_timeout)
+        _local.conns[(scheme, netloc)] = conn
+    return conn
+
+
+def _read_body(response: http.client.HTTPResponse, limit: int) -> bytes | bytearray:
+    """Up to `limit` bytes of the body, read into one buffer (short if the server closes early)."""
+    size = response.length if response.length is not None else None
+    if size is None:
+        return response.read(limit)
+    buf = bytearray(min(size, limit))
+    view, got = memoryview(buf), 0
+    while got < len(buf):
+        n = response.readinto(view[got:])
+        if not n:
+            response.close()
+            return buf[:got]
+        got += n
+    return buf
+
+
+def _backoff(attempt: int, retry_after: str | None = None, cap: float = 5.0) -> float:
+    """0.2 s, 0.4 s, ... or the server's numeric Retry-After (at most `cap`)."""
+    delay = 0.2 * 2 ** (attempt - 1)
+    if retry_after and retry_after.strip().isdigit():
+        delay = max(delay, min(float(retry_after), cap))
+    return delay
+
+
+def _describe(exc: BaseException, config: RemoteReadConfig) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, TimeoutError) or "timed out" in text.lower():
         text = f"timeout (no answer for {config.read_timeout:g} s): {text}"
     return text
 
 
-_http_pools: dict[tuple, urllib3.PoolManager] = {}
-_s3_clients: dict[tuple, object] = {}
+_credentials: dict[tuple, object] = {}
 _cache_lock = threading.Lock()
 
 
-def _http_pool(config: RemoteReadConfig) -> urllib3.PoolManager:
-    key = (os.getpid(), config.max_in_flight, config.connect_timeout, config.read_timeout, config.retries)
-    with _cache_lock:
-        pool = _http_pools.get(key)
-        if pool is None:
-            retries = urllib3.Retry(total=config.retries, connect=config.retries, read=0, redirect=3,
-                                    status_forcelist=(429, 500, 502, 503, 504), backoff_factor=0.2,
-                                    allowed_methods=frozenset({"GET"}), raise_on_status=False)
-            pool = _http_pools[key] = urllib3.PoolManager(
-                num_pools=64, maxsize=config.max_in_flight, block=False, retries=retries,
-                timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout))
-        return pool
+def _truthy(value: object, default: str) -> bool:
+    return str(value if value is not None else default).upper() in ("YES", "TRUE", "ON", "1")
 
 
-def _s3_client(config: RemoteReadConfig):
-    """A boto3 S3 client for the endpoint/credentials of `config` (one per distinct setting)."""
-    o = config.gdal_options
-    endpoint = o.get("AWS_S3_ENDPOINT")
-    https = str(o.get("AWS_HTTPS", "YES")).upper() not in ("NO", "FALSE", "OFF", "0")
-    url = None
+def presign_s3_get(bucket: str, key: str, options: Mapping[str, str], expires: int = PRESIGN_SECONDS) -> str:
+    """An https/http URL that GETs s3://bucket/key, signed with SigV4 in its query (as GDAL signs).
+
+    `options` are GDAL's: ``AWS_S3_ENDPOINT`` (host[:port] or URL; path-style addressing),
+    ``AWS_HTTPS``, ``AWS_VIRTUAL_HOSTING``, ``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_NO_SIGN_REQUEST``; without keys, botocore's
+    credential chain (environment, profile, instance role). botocore's signer alone: a boto3 client
+    would load the S3 service model first (a quarter of a second of CPU).
+    """
+    from urllib.parse import quote
+
+    endpoint = options.get("AWS_S3_ENDPOINT")
+    region = options.get("AWS_REGION") or options.get("AWS_DEFAULT_REGION") or "us-east-1"
+    path = quote(key, safe="/~")
     if endpoint and endpoint != "s3.amazonaws.com":
-        url = endpoint if "://" in endpoint else f"{'https' if https else 'http'}://{endpoint}"
-    virtual = str(o.get("AWS_VIRTUAL_HOSTING", "TRUE")).upper() not in ("NO", "FALSE", "OFF", "0")
-    unsigned = str(o.get("AWS_NO_SIGN_REQUEST", "NO")).upper() in ("YES", "TRUE", "ON", "1")
-    creds = (o.get("AWS_ACCESS_KEY_ID"), o.get("AWS_SECRET_ACCESS_KEY"), o.get("AWS_SESSION_TOKEN"))
-    region = o.get("AWS_REGION") or o.get("AWS_DEFAULT_REGION")
-    key = (os.getpid(), url, virtual, unsigned, creds, region, config.max_in_flight, config.connect_timeout,
-           config.read_timeout, config.retries)
-    with _cache_lock:
-        client = _s3_clients.get(key)
-        if client is None:
-            import boto3
-            import botocore
-            from botocore.config import Config
+        base = endpoint if "://" in endpoint else f"{'https' if _truthy(options.get('AWS_HTTPS'), 'YES') else 'http'}://{endpoint}"
+        url = f"{base.rstrip('/')}/{bucket}/{path}"
+    elif _truthy(options.get("AWS_VIRTUAL_HOSTING"), "TRUE") and "." not in bucket:
+        url = f"https://{bucket}.s3.{region}.amazonaws.com/{path}"
+    else:
+        url = f"https://s3.{region}.amazonaws.com/{bucket}/{path}"
+    if _truthy(options.get("AWS_NO_SIGN_REQUEST"), "NO"):
+        return url
+    from botocore.auth import S3SigV4QueryAuth
+    from botocore.awsrequest import AWSRequest
 
-            settings = Config(
-                max_pool_connections=config.max_in_flight, connect_timeout=config.connect_timeout,
-                read_timeout=config.read_timeout, retries={"max_attempts": config.retries + 1, "mode": "standard"},
-                s3={"addressing_style": "virtual" if virtual and url is None else "path"},
-                signature_version=botocore.UNSIGNED if unsigned else None,
-            )
-            session = boto3.session.Session(
-                aws_access_key_id=creds[0] if creds[0] and creds[1] else None,
-                aws_secret_access_key=creds[1] if creds[0] and creds[1] else None,
-                aws_session_token=creds[2] if creds[0] and creds[1] else None,
-                region_name=region or "us-east-1")
-            client = _s3_clients[key] = session.client("s3", endpoint_url=url, config=settings)
-        return client
+    request = AWSRequest(method="GET", url=url)
+    S3SigV4QueryAuth(_s3_credentials(options), "s3", region, expires=expires).add_auth(request)
+    return request.prepare().url
+
+
+def _s3_credentials(options: Mapping[str, str]):
+    """The keys in `options`, else the credential chain's (resolved once per process); RangeError if none."""
+    access, secret, token = (options.get("AWS_ACCESS_KEY_ID"), options.get("AWS_SECRET_ACCESS_KEY"),
+                             options.get("AWS_SESSION_TOKEN"))
+    key = (os.getpid(), access, secret, token)
+    with _cache_lock:
+        credentials = _credentials.get(key)
+        if credentials is None:
+            import botocore.credentials
+            import botocore.session
+
+            if access and secret:
+                credentials = botocore.credentials.Credentials(access, secret, token)
+            else:
+                credentials = botocore.session.get_session().get_credentials()
+            if credentials is None:
+                raise RangeError("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a "
+                                 "profile or instance role), or AWS_NO_SIGN_REQUEST=YES for a public bucket")
+            _credentials[key] = credentials
+        return credentials
 
 
 def merge_ranges(starts, lengths, gap: int, max_bytes: int) -> list[tuple[int, int, list[int]]]:

@@ -76,6 +76,59 @@ def open_asset(href: str, *, item_id: str | None = None, asset_key: str | None =
     return raster
 
 
+def prefetch_headers(hrefs: Sequence[str]) -> None:
+    """Read the headers of these remote COGs concurrently into the header cache, so that opening
+    them one after another (:func:`open_asset`) costs one round trip in all instead of one each.
+    Nothing is raised here: a header that fails is fetched again by its open, which reports it."""
+    config = current_config()
+    if not config.enabled or not _HAVE_IMAGECODECS:
+        return
+    config = config.with_gdal_environment()  # read in this thread: rasterio environments are thread-local
+    todo = []
+    for href in hrefs:
+        if not is_remote(href) or gdal_syntax_problem(href):
+            continue
+        try:
+            source = RangeSource(sign_href(href), config)
+        except Exception:  # noqa: BLE001 - the open reports it, naming item and asset
+            continue
+        key = _header_key(strip_credentials(href), source)
+        with _headers_lock:
+            hit = _headers.get(key)
+        if hit is None or time.monotonic() - hit[0] >= HEADER_TTL:
+            todo.append((key, source))
+    if len(todo) > 1:
+        pool = fetch_pool(config.max_in_flight)
+        wait([pool.submit(_read_header, key, source, quiet=True) for key, source in todo])
+
+
+def _header_key(href: str, source: RangeSource) -> tuple:
+    # s3://bucket/key names different objects on different endpoints
+    return href, source.config.gdal_options.get("AWS_S3_ENDPOINT") if source.scheme == "s3" else None
+
+
+def _read_header(key: tuple, source: RangeSource, quiet: bool = False) -> CogHeader | None:
+    """The parsed header of `source`, from the cache (kept HEADER_TTL seconds) or read and cached;
+    `quiet`: None instead of the error."""
+    now = time.monotonic()
+    with _headers_lock:
+        hit = _headers.get(key)
+        if hit is not None and now - hit[0] < HEADER_TTL:
+            _headers.move_to_end(key)
+            return hit[1]
+    try:
+        header = parse_header(lambda offset, length: bytes(source.get(offset, length, allow_short=True)))
+    except (RangeError, ValueError, UnsupportedTiff):
+        if quiet:
+            return None
+        raise
+    with _headers_lock:
+        _headers[key] = (now, header)
+        while len(_headers) > 512:
+            _headers.popitem(last=False)
+    return header
+
+
 class RemoteRaster:
     """The first image of a remote COG: rasterio-like attributes and reads of many windows at once."""
 
@@ -91,6 +144,8 @@ class RemoteRaster:
             self.source = RangeSource(opened, config)
         except ValueError as exc:
             raise UnsupportedTiff(str(exc)) from exc
+        except RangeError as exc:  # no S3 credentials
+            raise self._error("open", exc) from exc
         self.header = self._header()
         h = self.header
         self.width, self.height, self.count = h.width, h.height, h.count
@@ -112,22 +167,11 @@ class RemoteRaster:
                               item_id=self.item_id, asset_key=self.asset_key)
 
     def _header(self) -> CogHeader:
-        now = time.monotonic()
-        # s3://bucket/key names different objects on different endpoints
-        key = (self.href, self.config.gdal_options.get("AWS_S3_ENDPOINT") if self.source.scheme == "s3" else None)
-        with _headers_lock:
-            hit = _headers.get(key)
-            if hit is not None and now - hit[0] < HEADER_TTL:
-                _headers.move_to_end(key)
-                return hit[1]
         try:
-            header = parse_header(lambda offset, length: self.source.get(offset, length, allow_short=True))
+            header = _read_header(_header_key(self.href, self.source), self.source)
         except (RangeError, ValueError) as exc:
             raise self._error("open", exc) from exc
-        with _headers_lock:
-            _headers[key] = (now, header)
-            while len(_headers) > 512:
-                _headers.popitem(last=False)
+        assert header is not None
         return header
 
     # -- rasterio-like surface ---------------------------------------------------------------------
@@ -253,11 +297,11 @@ class RemoteRaster:
         size = h.tile_width * h.tile_height * spp * h.dtype.itemsize
         try:
             if h.compression == "deflate":
-                buf = imagecodecs.deflate_decode(raw, out=size)
+                buf = imagecodecs.deflate_decode(raw, out=bytearray(size))
             elif h.compression == "lzw":
                 buf = imagecodecs.lzw_decode(raw, out=size)
             elif h.compression == "zstd":
-                buf = imagecodecs.zstd_decode(raw, out=size)
+                buf = imagecodecs.zstd_decode(raw, out=bytearray(size))
             else:
                 buf = bytes(raw)
         except Exception as exc:  # imagecodecs raises its own error types per codec
@@ -265,8 +309,8 @@ class RemoteRaster:
         if len(buf) != size:
             raise self._error("decode a tile of", ValueError(f"tile has {len(buf)} bytes, {size} expected"))
         tile = np.frombuffer(buf, dtype=h.dtype).reshape(h.tile_height, h.tile_width, spp)
-        if h.predictor == 2:  # horizontal differencing, undone in place on a native-order copy
-            tile = tile.astype(h.dtype.newbyteorder("="), copy=True)
+        if h.predictor == 2:  # horizontal differencing, undone in place in native order
+            tile = tile.astype(h.dtype.newbyteorder("="), copy=not tile.flags.writeable)
             imagecodecs.delta_decode(tile, axis=1, out=tile)
         elif h.predictor == 3:
             tile = imagecodecs.floatpred_decode(tile, axis=-2)

@@ -263,7 +263,8 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), _handler(args.upstream.rstrip("/"), _State(args.seed)))
+    server_class = type("Server", (http.server.ThreadingHTTPServer,), {"request_queue_size": 128})  # backlog: 5 by default
+    server = server_class(("127.0.0.1", args.port), _handler(args.upstream.rstrip("/"), _State(args.seed)))
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
     server.serve_forever()

@@ -140,6 +140,9 @@ if __name__ == "__main__":
     parser.add_argument("--log")
     args = parser.parse_args()
     handler = type("Handler", (RangeRequestHandler,), {"require_token": args.token, "request_log": args.log})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=args.directory))
+    # The backlog is fixed when the socket listens (socketserver: 5): the range reader opens up to 32
+    # connections at once, and SYNs beyond the backlog wait a second to be retried.
+    server_class = type("Server", (http.server.ThreadingHTTPServer,), {"request_queue_size": 128})
+    server = server_class(("127.0.0.1", 0), partial(handler, directory=args.directory))
     print(server.server_address[1], flush=True)
     server.serve_forever()
