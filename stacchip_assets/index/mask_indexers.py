@@ -177,8 +177,9 @@ class _AssetMaskIndexer(_MaskStatsIndexer):
         """AssetGridError when the mask's CRS (in the item, or the file's EPSG code) is not the grid's: a
         mask is never reprojected, so a mask in another CRS would put its pixels under the wrong chips."""
         found = [("the STAC metadata", item_crs(self.item, key))]
-        if src.crs is not None:  # compared by EPSG code only: custom WKTs (MODIS sinusoidal) differ in wording
-            file_crs = pyproj.CRS.from_user_input(src.crs.to_wkt())
+        epsg = getattr(src, "epsg", None)  # a remote raster knows its code without building a CRS
+        if epsg is not None or src.crs is not None:  # compared by EPSG code only: custom WKTs (MODIS sinusoidal) differ in wording
+            file_crs = pyproj.CRS.from_epsg(epsg) if epsg is not None else pyproj.CRS.from_user_input(src.crs.to_wkt())
             codes = file_crs.to_epsg(), self._pyproj_crs.to_epsg()
             if None not in codes and codes[0] != codes[1]:
                 found.append(("the file", file_crs))

@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from functools import cached_property
 
 import numpy as np
 from rasterio.crs import CRS
@@ -81,7 +82,7 @@ def prefetch_headers(hrefs: Sequence[str]) -> None:
     them one after another (:func:`open_asset`) costs one round trip in all instead of one each.
     Nothing is raised here: a header that fails is fetched again by its open, which reports it."""
     config = current_config()
-    if not config.enabled or not _HAVE_IMAGECODECS:
+    if len(hrefs) < 2 or not config.enabled or not _HAVE_IMAGECODECS:
         return
     config = config.with_gdal_environment()  # read in this thread: rasterio environments are thread-local
     todo = []
@@ -153,7 +154,7 @@ class RemoteRaster:
         self.nodata = h.nodata
         self.block_shapes = [(h.tile_height, h.tile_width)] * h.count
         self.transform = h.transform
-        self.crs = CRS.from_epsg(h.epsg) if h.epsg else None  # compared with the grid's (masks)
+        self.epsg = h.epsg  # masks compare it with the grid's CRS (see `crs`)
         self.name = self.href
         self.closed = False
         # Decoded tiles, most recently used last, at most config.tile_cache_bytes: consecutive calls
@@ -175,6 +176,11 @@ class RemoteRaster:
         return header
 
     # -- rasterio-like surface ---------------------------------------------------------------------
+    @cached_property
+    def crs(self) -> CRS | None:
+        """rasterio's CRS of the EPSG code, made on first use (GDAL's first CRS costs ~10 ms)."""
+        return CRS.from_epsg(self.epsg) if self.epsg else None
+
     @property
     def shape(self) -> tuple[int, int]:
         return self.height, self.width
@@ -258,6 +264,11 @@ class RemoteRaster:
             if f.exception() is not None:
                 failed.set()
 
+        if len(groups) == 1:  # one request: fetched by this thread, no hand-over to the pool
+            offset, length, members = groups[0]
+            self.budget.acquire(length)
+            self._fetch_group(offset, length, [int(present[m]) for m in members], needs, boxes, outs)
+            return outs
         try:
             for offset, length, members in groups:
                 self.budget.acquire(length)  # blocks while the budget is spent: the memory bound
