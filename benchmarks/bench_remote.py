@@ -92,7 +92,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def _send(self, status: int, body: bytes, headers=(), length: int | None = None) -> None:
+    def _send(self, status: int, body: bytes, headers=(), length: int | None = None, *, counted: int | None = None,
+              file=None, start: int = 0) -> None:
+        """Answer; with `counted`, count those body bytes and wait the link's latency first. Everything
+        is prepared before the wait, so a woken thread only writes (a store answers many at once)."""
         self.send_response(status)
         for k, v in headers:
             self.send_header(k, v)
@@ -100,7 +103,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._headers_buffer.append(b"\r\n")  # end_headers() without its flush: headers and body in one write
         head = b"".join(self._headers_buffer)
         self._headers_buffer = []
-        self.wfile.write(head + body if self.command != "HEAD" else head)
+        data = head + body if self.command != "HEAD" else head
+        if counted is not None:
+            self.link.before_answer(counted)
+        self.wfile.write(data)
+        if file is not None and self.command != "HEAD":  # the body from the page cache by the kernel
+            self.connection.sendfile(file, start, length)
 
     def _control(self) -> bool:
         link = self.link
@@ -129,23 +137,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _file(self):
         path = os.path.join(self.root, self.path.split("?", 1)[0].lstrip("/"))
         if ".." in self.path or not os.path.isfile(path):
-            self.link.before_answer(0)
-            return self._send(404, b"not found")
+            return self._send(404, b"not found", counted=0)
         size = os.path.getsize(path)
         m = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range", ""))
         start, end = (int(m.group(1)), min(int(m.group(2) or size - 1), size - 1)) if m else (0, size - 1)
         if start >= size:
-            self.link.before_answer(0)
-            return self._send(416, b"", [("Content-Range", f"bytes */{size}")])
+            return self._send(416, b"", [("Content-Range", f"bytes */{size}")], counted=0)
         length = end - start + 1
-        self.link.before_answer(length if self.command != "HEAD" else 0)  # HEAD: no body, none counted
         headers = [("Accept-Ranges", "bytes"), ("Content-Type", "image/tiff")]
         if m:
             headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
-        self._send(206 if m else 200, b"", headers, length=length)
-        if self.command != "HEAD":
-            with open(path, "rb") as f:  # the body from the page cache by the kernel, as static servers do
-                self.connection.sendfile(f, start, length)
+        with open(path, "rb") as f:  # sent by the kernel (sendfile), as static servers do; HEAD: none counted
+            self._send(206 if m else 200, b"", headers, length=length,
+                       counted=length if self.command != "HEAD" else 0, file=f, start=start)
 
     def _forward(self, payload):
         host = self.upstream.split("://", 1)[1]
@@ -166,9 +170,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _proxy(self):
         length = int(self.headers.get("Content-Length") or 0)
         answer, body = self._forward(self.rfile.read(length) if length else None)
-        self.link.before_answer(len(body))
         skip = {"content-length", "transfer-encoding", "connection", "keep-alive"}
-        self._send(answer.status, body, [(k, v) for k, v in answer.getheaders() if k.lower() not in skip])
+        self._send(answer.status, body, [(k, v) for k, v in answer.getheaders() if k.lower() not in skip],
+                   counted=len(body))
 
 
 class _ThreadingServer(http.server.ThreadingHTTPServer):

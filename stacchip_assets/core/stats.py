@@ -9,8 +9,11 @@ when its centre falls inside the chip, so a 20 m SCL under a 10 m grid gives exa
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -45,14 +48,16 @@ class OutOfDomain:
     count: int = 0
     low: float = math.inf
     high: float = -math.inf
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, values: np.ndarray) -> None:
+        """Note these values (bands of a mask are classified on several threads)."""
         if values.size:
-            self.count += int(values.size)
             finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
-            if finite.size:
-                self.low = min(self.low, float(finite.min()))
-                self.high = max(self.high, float(finite.max()))
+            low, high = (float(finite.min()), float(finite.max())) if finite.size else (math.inf, -math.inf)
+            with self._lock:
+                self.count += int(values.size)
+                self.low, self.high = min(self.low, low), max(self.high, high)
 
 
 def in_domain(values: np.ndarray, domain: tuple[int, int], seen: OutOfDomain | None = None) -> np.ndarray:
@@ -154,7 +159,8 @@ def mask_fractions(
     ever allocated or read: the chip's counts are differences of the band's running column sums.
     Both fractions are over the chip's whole footprint in the mask; the part of a chip outside the
     mask's extent (padded edge chips) counts as nodata. A band above `max_block_pixels` raises
-    ResourceLimitError before it is read.
+    ResourceLimitError before any band is read. The bands of an in-memory mask are classified on two
+    threads, so `classify` must be safe to call concurrently (the built-in ones are).
     """
     row0, row1, col0, col1 = chip_windows_in_mask(grid, mask_transform, xs, ys)
     height, width = mask.shape
@@ -166,6 +172,7 @@ def mask_fractions(
     nodata_count = total - inside
     bands, band_of_chip = np.unique(np.stack([r0, r1], axis=1), axis=0, return_inverse=True)
     band_of_chip = band_of_chip.ravel()
+    work = []
     for band, (start, stop) in enumerate(bands.tolist()):
         members = np.flatnonzero(band_of_chip == band)
         left, right = int(c0[members].min()), int(c1[members].max())
@@ -175,13 +182,31 @@ def mask_fractions(
             raise ResourceLimitError(
                 f"a band of {stop - start}x{right - left} mask pixels under one chip row is more than "
                 f"{max_block_pixels} pixels", limit="STACCHIP_MAX_MASK_PIXELS")
+        work.append((members, start, stop, left, right))
+
+    def band_counts(members, start, stop, left, right) -> tuple[np.ndarray | None, np.ndarray]:
+        """(cloud, nodata) pixel counts of the chips of one band, from its running column sums."""
         block = mask[start:stop, left:right] if isinstance(mask, np.ndarray) else mask.read(start, stop, left, right)
         cloud, nodata = classify(block)
         column_dtype = np.uint16 if stop - start < 2**16 else np.int64  # narrow sums are twice as fast
         running = np.zeros(right - left + 1, dtype=np.int64)
-        for layer, counts in ((cloud, cloud_count), (nodata, nodata_count)):
-            if layer is None:
-                continue
+
+        def counts(layer: np.ndarray) -> np.ndarray:
             np.cumsum(layer.view(np.uint8).sum(axis=0, dtype=column_dtype), out=running[1:])
-            counts[members] += running[c1[members] - left] - running[c0[members] - left]
+            return running[c1[members] - left] - running[c0[members] - left]
+
+        return (None if cloud is None else counts(cloud)), counts(nodata)
+
+    # An in-memory mask is classified on two threads (numpy releases the GIL for whole-band passes);
+    # a mask read on demand stays on this thread (its dataset handle is not shared).
+    threads = min(2, os.cpu_count() or 1) if isinstance(mask, np.ndarray) and len(work) > 2 else 1
+    if threads > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            results = list(pool.map(lambda w: band_counts(*w), work))
+    else:
+        results = [band_counts(*w) for w in work]
+    for (members, *_), (cloud, nodata) in zip(work, results):
+        if cloud is not None:
+            cloud_count[members] += cloud
+        nodata_count[members] += nodata
     return (cloud_count / total).astype(np.float32), (nodata_count / total).astype(np.float32)

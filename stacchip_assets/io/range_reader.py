@@ -212,7 +212,10 @@ class RangeSource:
             status = response.status
             try:
                 if status == 206:
-                    return _read_body(response, length)
+                    data = _read_body(response, length)
+                    if not response.isclosed():  # a longer or chunked body: the connection is not reusable
+                        conn.close()
+                    return data
                 if status == 200:  # the server ignored Range: read up to our end, drop the rest
                     data = _read_body(response, offset + length)[offset:]
                     conn.close()  # the unread remainder: not worth downloading
@@ -286,7 +289,7 @@ def _read_body(response: http.client.HTTPResponse, limit: int) -> bytes | bytear
     view, got = memoryview(buf), 0
     while got < len(buf):
         n = response.readinto(view[got:])
-        if not n:
+        if not n:  # the server closed early: the caller reports the short body
             response.close()
             return buf[:got]
         got += n

@@ -40,6 +40,7 @@ from stacchip_assets.core.hrefs import gdal_syntax_problem, raster_driver_of, re
 from stacchip_assets.core.limits import ReadLimits
 from stacchip_assets.errors import AssetReadError, HrefPolicyError, StacchipError
 from stacchip_assets.io.local_files import HrefPolicy
+from stacchip_assets.io.malloc_tuning import tune_malloc
 from stacchip_assets.io.settings import read_limits
 
 
@@ -268,6 +269,7 @@ def open_asset(href: str, *, item_id: str | None = None, asset_key: str | None =
     is limited to ALLOWED_DRIVERS, and a tile larger than ``limits.max_tile_pixels`` (default
     :func:`stacchip_assets.io.settings.read_limits`) is a ResourceLimitError before any pixel is read.
     """
+    tune_malloc()
     problem = gdal_syntax_problem(href)
     if problem:
         raise HrefPolicyError(f"href {redact_credentials(href)[:200]!r} refused: {problem}", item_id=item_id,

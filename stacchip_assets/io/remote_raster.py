@@ -29,6 +29,7 @@ from stacchip_assets.core.limits import ReadLimits
 from stacchip_assets.errors import AssetReadError
 from stacchip_assets.io.cog_header import CogHeader, UnsupportedTiff, parse_header
 from stacchip_assets.io.local_files import HrefPolicy
+from stacchip_assets.io.malloc_tuning import tune_malloc
 from stacchip_assets.io.raster import describe_error, sign_href
 from stacchip_assets.io.raster import open_asset as gdal_open_asset
 from stacchip_assets.io.settings import read_limits
@@ -66,6 +67,7 @@ def open_asset(href: str, *, item_id: str | None = None, asset_key: str | None =
     GDAL dataset of :func:`stacchip_assets.io.raster.open_asset` (same errors: AssetReadError; same
     refusals: GDAL syntax in the href, tiles over ``limits.max_tile_pixels``)."""
     config = current_config()
+    tune_malloc()  # also done by GDAL's open below; here for the range reader
     if not config.enabled or not _HAVE_IMAGECODECS or not is_remote(href) or gdal_syntax_problem(href):
         return gdal_open_asset(href, item_id=item_id, asset_key=asset_key, policy=policy, limits=limits)
     try:

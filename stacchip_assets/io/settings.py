@@ -22,8 +22,9 @@ from stacchip_assets.errors import StacchipError
 
 __all__ = [
     "BACKFILL_PARTITIONS_PER_RUN_ENV", "COLLECTIONS_ENV", "COMBINED_FRESHNESS_ENV", "COLLECTIONS_FILE_ENV", "COMBINED_INTERVAL_ENV",
-    "DASK_SCHEDULER_ENV", "EXECUTOR_ENV", "RESOURCE_ENV", "RETRY_DELAY_ENV", "SAMPLE_DIR_ENV", "SENSOR_INTERVAL_ENV",
-    "STORAGE_BASE_ENV", "Settings", "default_base", "default_sample_dir", "load_settings", "read_limits",
+    "DASK_SCHEDULER_ENV", "EXECUTOR_ENV", "MALLOC_TUNING_ENV", "RESOURCE_ENV", "RETRY_DELAY_ENV", "SAMPLE_DIR_ENV", "SENSOR_INTERVAL_ENV",
+    "STORAGE_BASE_ENV", "Settings", "default_base", "default_sample_dir", "load_settings", "malloc_tuning_enabled",
+    "read_limits",
 ]
 
 STORAGE_BASE_ENV = "STACCHIP_STORAGE_BASE"
@@ -37,6 +38,7 @@ COMBINED_FRESHNESS_ENV = "STACCHIP_COMBINED_FRESHNESS_HOURS"
 DASK_SCHEDULER_ENV = "STACCHIP_DASK_SCHEDULER"
 RETRY_DELAY_ENV = "STACCHIP_RETRY_DELAY_SECONDS"
 SAMPLE_DIR_ENV = "STACCHIP_SAMPLE_DIR"
+MALLOC_TUNING_ENV = "STACCHIP_MALLOC_TUNING"
 
 #: Resource fields bound to a variable: resource key -> field -> (variable, kind). "str"/"int" fields are
 #: bound as Dagster `EnvVar`s (resolved in the run, shown by name in the UI), "json"/"float" as values.
@@ -195,6 +197,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         limits=limits_from_mapping(environ),
         resources=_resources(environ),
     )
+
+
+def malloc_tuning_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """``$STACCHIP_MALLOC_TUNING``: 1 (default) or 0, see :mod:`stacchip_assets.io.malloc_tuning`."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(MALLOC_TUNING_ENV, "1").strip()
+    if raw not in ("0", "1"):
+        raise StacchipError(f"{MALLOC_TUNING_ENV} must be 0 or 1, not {raw!r}")
+    return raw == "1"
 
 
 def read_limits(environ: Mapping[str, str] | None = None, **overrides: int) -> ReadLimits:
