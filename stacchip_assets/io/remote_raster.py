@@ -256,7 +256,7 @@ class RemoteRaster:
         present = tiles[h.byte_counts[tiles] > 0]
         # Requests small enough that their tiles decode on every core while others are fetched.
         total = int(h.byte_counts[present].sum())
-        request_bytes = min(self.config.max_request_bytes, max(256 * 1024, total // (4 * (os.cpu_count() or 1))))
+        request_bytes = min(self.config.max_request_bytes, max(1024 * 1024, total // (2 * (os.cpu_count() or 1))))
         groups = merge_ranges(h.offsets[present], h.byte_counts[present], self.config.merge_gap, request_bytes)
         pool = fetch_pool(self.config.max_in_flight)
         futures = []
