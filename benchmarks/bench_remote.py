@@ -8,7 +8,9 @@ The full-size S2-like scene of ``bench_core.py`` (and its upstream venv, cached 
 
 - over HTTP by a Range-capable server in its own process (``_serve``) that waits ``--latency-ms``
   before answering every request, optionally paces all bodies through one link of
-  ``--bandwidth-mbps``, and counts requests and body bytes (``GET /__stats__``, ``/__reset__``);
+  ``--bandwidth-mbps``, and counts requests and body bytes (``GET /__stats__``, ``/__reset__``). It
+  answers as a static server does (listen backlog 256, TCP_NODELAY, bodies by ``sendfile``, each answer
+  prepared before its wait), because it shares the client's cores;
 - over S3 by SeaweedFS (``weed mini``, as the tests start it) behind the same server in proxy mode
   (same latency, same counters; the ``Host`` header is forwarded, so SigV4 signatures hold).
 
