@@ -196,7 +196,7 @@ class RangeSource:
                     attempt += 1
                     time.sleep(_backoff(attempt))
                     continue
-                raise RangeError(_describe(exc, config)) from exc
+                raise RangeError(_describe(exc, config, connecting=True)) from exc
             try:
                 conn.sock.settimeout(config.read_timeout)
                 conn.putrequest("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
@@ -304,10 +304,11 @@ def _backoff(attempt: int, retry_after: str | None = None, cap: float = 5.0) -> 
     return delay
 
 
-def _describe(exc: BaseException, config: RemoteReadConfig) -> str:
+def _describe(exc: BaseException, config: RemoteReadConfig, connecting: bool = False) -> str:
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, TimeoutError) or "timed out" in text.lower():
-        text = f"timeout (no answer for {config.read_timeout:g} s): {text}"
+        text = (f"timeout (no connection within {config.connect_timeout:g} s): {text}" if connecting
+                else f"timeout (no answer for {config.read_timeout:g} s): {text}")
     return text
 
 
