@@ -96,9 +96,7 @@ def prefetch_headers(hrefs: Sequence[str]) -> None:
         except Exception:  # noqa: BLE001 - the open reports it, naming item and asset
             continue
         key = _header_key(strip_credentials(href), source)
-        with _headers_lock:
-            hit = _headers.get(key)
-        if hit is None or time.monotonic() - hit[0] >= HEADER_TTL:
+        if _cached_header(key) is None:
             todo.append((key, source))
     if len(todo) > 1:
         pool = fetch_pool(config.max_in_flight)
@@ -110,15 +108,23 @@ def _header_key(href: str, source: RangeSource) -> tuple:
     return href, source.config.gdal_options.get("AWS_S3_ENDPOINT") if source.scheme == "s3" else None
 
 
+def _cached_header(key: tuple) -> CogHeader | None:
+    """The header cached under `key` if it is younger than HEADER_TTL (then most recently used)."""
+    with _headers_lock:
+        hit = _headers.get(key)
+        if hit is None or time.monotonic() - hit[0] >= HEADER_TTL:
+            return None
+        _headers.move_to_end(key)
+        return hit[1]
+
+
 def _read_header(key: tuple, source: RangeSource, quiet: bool = False) -> CogHeader | None:
     """The parsed header of `source`, from the cache (kept HEADER_TTL seconds) or read and cached;
     `quiet`: None instead of the error."""
     now = time.monotonic()
-    with _headers_lock:
-        hit = _headers.get(key)
-        if hit is not None and now - hit[0] < HEADER_TTL:
-            _headers.move_to_end(key)
-            return hit[1]
+    cached = _cached_header(key)
+    if cached is not None:
+        return cached
     try:
         header = parse_header(lambda offset, length: bytes(source.get(offset, length, allow_short=True)))
     except (RangeError, ValueError, UnsupportedTiff):
@@ -254,7 +260,8 @@ class RemoteRaster:
         for t in sparse.tolist():
             self._place(int(t), None, needs[int(t)], boxes, outs)
         present = tiles[h.byte_counts[tiles] > 0]
-        # Requests small enough that their tiles decode on every core while others are fetched.
+        # Requests of at least 1 MB (each request has its own cost at the server), and at least two per
+        # core, so that the tiles of a large read decode on every core while others are fetched.
         total = int(h.byte_counts[present].sum())
         request_bytes = min(self.config.max_request_bytes, max(1024 * 1024, total // (2 * (os.cpu_count() or 1))))
         groups = merge_ranges(h.offsets[present], h.byte_counts[present], self.config.merge_gap, request_bytes)
